@@ -1,0 +1,44 @@
+"""One typed settings object, read from the environment (prefix-free names for the two addresses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Platform settings. Defaults suit the embedded stack started by `crm up`."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    mode: Literal["embedded", "production"] = "embedded"
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Path("./var")
+    topic_partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # The embedded broker holds a group join for about half the session timeout.
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+    recorder_batch_size: int = Field(default=2000, ge=1)
+    recorder_group: str = "crm-recorder"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set and no embedded broker runs")
+        return self.kafka_bootstrap_servers
+
+    @property
+    def dsn(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set and no embedded PostgreSQL runs")
+        return self.database_url
