@@ -56,7 +56,10 @@ class Catalog:
     def __init__(self, schemas: Iterable[EventSchema]) -> None:
         self._schemas: dict[str, dict[int, EventSchema]] = {}
         for schema in schemas:
-            self._schemas.setdefault(schema.type, {})[schema.version] = schema
+            versions = self._schemas.setdefault(schema.type, {})
+            if schema.version in versions:
+                raise ValueError(f"{schema.type} v{schema.version} is declared twice")
+            versions[schema.version] = schema
         for type_, versions in self._schemas.items():
             expected = list(range(1, len(versions) + 1))
             if sorted(versions) != expected:

@@ -14,6 +14,8 @@ from events.fields import FieldError, kind_of, parse_rfc3339
 
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
 _FIELDS = frozenset(
     {
         "event_id",
@@ -109,18 +111,15 @@ def _required(data: dict[str, Any], name: str) -> Any:
 
 
 def _event_id(value: Any) -> str:
-    try:
-        return str(uuid.UUID(value)) if isinstance(value, str) else _bad_uuid(value)
-    except ValueError:
-        return _bad_uuid(value)
-
-
-def _bad_uuid(value: Any) -> str:
-    raise InvalidEvent("schema_violation", "event_id", f"expected a UUID, got {value!r}")
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise InvalidEvent(
+            "schema_violation", "event_id", f"expected a UUID like {new_event_id()}, got {value!r}"
+        )
+    return value.lower()
 
 
 def _customer_id(value: Any) -> str:
-    if not isinstance(value, str) or not _CUSTOMER_ID.match(value):
+    if not isinstance(value, str) or not _CUSTOMER_ID.fullmatch(value):
         raise InvalidEvent(
             "schema_violation",
             "customer_id",
@@ -134,6 +133,8 @@ def _occurred_at(value: Any) -> datetime:
         return parse_rfc3339(value).astimezone(UTC)
     except FieldError as error:
         raise InvalidEvent("schema_violation", "occurred_at", error.message) from None
+    except OverflowError:
+        raise InvalidEvent("schema_violation", "occurred_at", f"out of range: {value!r}") from None
 
 
 def _short_text(value: Any, name: str, max_length: int) -> str:

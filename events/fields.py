@@ -20,7 +20,7 @@ _MONEY = re.compile(MONEY_PATTERN)
 _DATE = re.compile(DATE_PATTERN)
 _EMAIL = re.compile(EMAIL_PATTERN)
 _RFC3339 = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 
@@ -36,10 +36,10 @@ class FieldError(ValueError):
 
 def parse_rfc3339(value: Any) -> datetime:
     """Parse an RFC 3339 timestamp that carries an offset; raise FieldError otherwise."""
-    if not isinstance(value, str) or not _RFC3339.match(value):
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise FieldError(f"expected an RFC 3339 timestamp with offset, got {value!r}")
     try:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise FieldError(f"not a real date and time: {value!r}") from None
 
@@ -74,7 +74,7 @@ def choice(name: str, *options: str, required: bool = True) -> Field:
     allowed = frozenset(options)
 
     def check(value: Any) -> None:
-        if value not in allowed or not isinstance(value, str):
+        if not isinstance(value, str) or value not in allowed:
             raise FieldError(f"expected one of {', '.join(options)}, got {value!r}")
 
     return Field(name, check, {"type": "string", "enum": list(options)}, required)
@@ -84,7 +84,7 @@ def money(name: str, *, positive: bool = False, required: bool = True) -> Field:
     """A non-negative decimal amount as a string ("129.90"), up to 4 decimals."""
 
     def check(value: Any) -> None:
-        if not isinstance(value, str) or not _MONEY.match(value):
+        if not isinstance(value, str) or not _MONEY.fullmatch(value):
             raise FieldError(f'expected a decimal string such as "129.90", got {value!r}')
         if positive and not value.strip("0."):
             raise FieldError("must be greater than zero")
@@ -97,7 +97,7 @@ def money(name: str, *, positive: bool = False, required: bool = True) -> Field:
 
 def currency(name: str = "currency") -> Field:
     def check(value: Any) -> None:
-        if value not in ISO_4217 or not isinstance(value, str):
+        if not isinstance(value, str) or value not in ISO_4217:
             raise FieldError(f"expected an ISO 4217 currency code such as EUR, got {value!r}")
 
     return Field(name, check, {"type": "string", "enum": sorted(ISO_4217)})
@@ -105,7 +105,7 @@ def currency(name: str = "currency") -> Field:
 
 def calendar_date(name: str) -> Field:
     def check(value: Any) -> None:
-        if not isinstance(value, str) or not _DATE.match(value):
+        if not isinstance(value, str) or not _DATE.fullmatch(value):
             raise FieldError(f"expected a date YYYY-MM-DD, got {value!r}")
         try:
             date.fromisoformat(value)
@@ -124,7 +124,7 @@ def timestamp(name: str) -> Field:
 
 def email(name: str, *, required: bool = True) -> Field:
     def check(value: Any) -> None:
-        if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value.strip()):
+        if not isinstance(value, str) or len(value) > 254 or not _EMAIL.fullmatch(value.strip()):
             raise FieldError(f"expected an e-mail address, got {value!r}")
 
     schema = {"type": "string", "maxLength": 254, "pattern": r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from events.catalog import CATALOG, Catalog, EventSchema
-from events.envelope import CUSTOMER_ID_PATTERN
+from events.envelope import CUSTOMER_ID_PATTERN, UUID_PATTERN
 from events.fields import JsonSchema, object_schema
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
@@ -33,13 +33,18 @@ def envelope_schema(schema: EventSchema) -> JsonSchema:
             "payload",
         ],
         "properties": {
-            "event_id": {"type": "string", "format": "uuid"},
+            "event_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
             "type": {"const": schema.type},
             "schema_version": {"const": schema.version},
             "customer_id": {"type": "string", "pattern": CUSTOMER_ID_PATTERN},
             "occurred_at": {"type": "string", "format": "date-time"},
-            "source": {"type": "string", "minLength": 1, "maxLength": 64},
-            "correlation_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
+            "source": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"\S"},
+            "correlation_id": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 200,
+                "pattern": r"\S",
+            },
             "payload": object_schema(schema.fields),
         },
     }

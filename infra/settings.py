@@ -1,4 +1,4 @@
-"""One typed settings object, read from the environment (prefix-free names for the two addresses)."""
+"""One typed settings object, read from the environment."""
 
 from __future__ import annotations
 

@@ -1,0 +1,176 @@
+"""The event store: one eventsourcing stream per customer in PostgreSQL, a global position for
+every event, and the intake ledger (event ids seen, Kafka intake positions) written in the same
+transaction as the events it guards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow
+
+from events.codec import encode
+from events.envelope import Envelope
+
+EVENTS_TABLE = "crm_events"
+TRACKING_TABLE = "crm_tracking"
+INTAKE_TABLE = "crm_intake"
+_CONFLICT_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class IntakePosition:
+    """The next Kafka offset to read on one partition of one incarnation of a topic.
+
+    The topic id changes when a topic is recreated (the embedded broker restarts empty), so
+    positions of an earlier incarnation never hide the messages of a new one.
+    """
+
+    topic: str
+    topic_id: str
+    partition: int
+    next_offset: int
+
+    @property
+    def tracking_name(self) -> str:
+        return f"intake:{self.topic}:{self.partition}:{self.topic_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    recorded: int
+    duplicates: int
+
+
+class _Recorder(PostgresProcessRecorder):
+    """eventsourcing's process recorder, also writing intake rows and several trackings in
+    the transaction that inserts the stored events."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        super().__init__(
+            datastore, events_table_name=EVENTS_TABLE, tracking_table_name=TRACKING_TABLE
+        )
+        self.sql_create_statements.append(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "event_id uuid PRIMARY KEY, customer_id text NOT NULL, version bigint NOT NULL)"
+            ).format(sql.Identifier(INTAKE_TABLE))
+        )
+
+    def _insert_events(
+        self, curs: psycopg.Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        for tracking in kwargs.get("trackings", ()):
+            self._insert_tracking(curs, tracking)
+        rows: list[tuple[str, str, int]] = kwargs.get("intake", [])
+        if rows:
+            ids, customers, versions = zip(*rows, strict=True)
+            curs.execute(
+                sql.SQL(
+                    "INSERT INTO {} (event_id, customer_id, version) "
+                    "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[])"
+                ).format(sql.Identifier(INTAKE_TABLE)),
+                (list(ids), list(customers), list(versions)),
+            )
+        super()._insert_events(curs, stored_events, **kwargs)
+
+
+class EventStore:
+    """Append-only customer streams with deduplication by event id."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 2) -> None:
+        params = conninfo_to_dict(dsn)
+        self.datastore = PostgresDatastore(
+            dbname=str(params.get("dbname", "postgres")),
+            host=str(params.get("host", "127.0.0.1")),
+            port=str(params.get("port", 5432)),
+            user=str(params.get("user", "postgres")),
+            password=str(params.get("password", "")),
+            pool_size=pool_size,
+            originator_id_type="text",
+        )
+        self.recorder = _Recorder(self.datastore)
+
+    def create_tables(self) -> None:
+        self.recorder.create_table()
+
+    def close(self) -> None:
+        self.datastore.close()
+
+    def record(
+        self, envelopes: Sequence[Envelope], positions: Iterable[IntakePosition] = ()
+    ) -> RecordOutcome:
+        """Append each new envelope to its customer's stream, in the given order, with the
+        next customer version; skip event ids already recorded; track `positions`; one
+        transaction. A concurrent writer's conflict is resolved by reading again and retrying."""
+        trackings = [Tracking(p.tracking_name, p.next_offset) for p in positions]
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return self._try_record(envelopes, trackings)
+            except (IntegrityError, psycopg.IntegrityError):
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _try_record(
+        self, envelopes: Sequence[Envelope], trackings: list[Tracking]
+    ) -> RecordOutcome:
+        unique = {e.event_id: e for e in reversed(envelopes)}  # first occurrence wins
+        known = self.known_event_ids(list(unique))
+        fresh = [e for e in envelopes if e.event_id not in known and unique.get(e.event_id) is e]
+        versions = self.stream_versions({e.customer_id for e in fresh})
+        stored: list[StoredEvent] = []
+        intake: list[tuple[str, str, int]] = []
+        for envelope in fresh:
+            version = versions.get(envelope.customer_id, 0) + 1
+            versions[envelope.customer_id] = version
+            stored.append(
+                StoredEvent(
+                    originator_id=envelope.customer_id,
+                    originator_version=version,
+                    topic=envelope.type,
+                    state=encode(envelope),
+                )
+            )
+            intake.append((envelope.event_id, envelope.customer_id, version))
+        if stored or trackings:
+            self.recorder.insert_events(stored, trackings=trackings, intake=intake)
+        return RecordOutcome(recorded=len(stored), duplicates=len(envelopes) - len(stored))
+
+    def known_event_ids(self, event_ids: list[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        rows = self._query(
+            f"SELECT event_id::text AS id FROM {INTAKE_TABLE} WHERE event_id = ANY(%s::uuid[])",
+            (event_ids,),
+        )
+        return {row["id"] for row in rows}
+
+    def stream_versions(self, customer_ids: set[str]) -> dict[str, int]:
+        if not customer_ids:
+            return {}
+        rows = self._query(
+            f"SELECT originator_id AS id, max(originator_version) AS version FROM {EVENTS_TABLE} "
+            "WHERE originator_id = ANY(%s::text[]) GROUP BY originator_id",
+            (list(customer_ids),),
+        )
+        return {row["id"]: row["version"] for row in rows}
+
+    def intake_offset(self, topic: str, topic_id: str, partition: int) -> int | None:
+        """The next offset to read on that partition of that topic incarnation, if tracked."""
+        name = IntakePosition(topic, topic_id, partition, 0).tracking_name
+        return self.recorder.max_tracking_id(name)
+
+    def count(self) -> int:
+        return self._query(f"SELECT count(*) AS n FROM {EVENTS_TABLE}")[0]["n"]
+
+    def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[DictRow]:
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall()
