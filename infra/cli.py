@@ -1,0 +1,119 @@
+"""The `crm` command: `crm up` runs the whole platform; the rest are single jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from events.schemas import SCHEMA_DIR, write_all
+from infra.broker import EmbeddedBroker
+from infra.eventstore import EventStore
+from infra.logs import configure_logging
+from infra.postgres import EmbeddedPostgres
+from infra.settings import Settings
+from infra.supervisor import Child, Supervisor
+from infra.topics import ensure_topics
+
+log = logging.getLogger("crm")
+
+# Services run as `python -m <module>`: infra starts them without importing them.
+SERVICES = {"recorder": "services.recorder", "api": "api"}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="crm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run broker, PostgreSQL, every service and the API")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--broker-port", type=int, default=9092)
+    up.add_argument("--pg-port", type=int, default=5433)
+    up.add_argument("--data-dir", type=Path, default=Path("./var"))
+    up.set_defaults(run=_up)
+
+    for name, module in SERVICES.items():
+        service = commands.add_parser(name, help=f"run only the {name} (python -m {module})")
+        service.set_defaults(run=lambda _args, module=module: _exec(module))
+
+    schemas = commands.add_parser("schemas", help="write the JSON Schemas of the wire contract")
+    schemas.add_argument("--out", type=Path, default=SCHEMA_DIR)
+    schemas.set_defaults(run=_schemas)
+
+    migrate = commands.add_parser("migrate", help="create the event store tables")
+    migrate.set_defaults(run=_migrate)
+
+    args = parser.parse_args(argv)
+    configure_logging("crm")
+    args.run(args)
+
+
+def _up(args: argparse.Namespace) -> None:
+    settings = Settings()
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        broker: EmbeddedBroker | None = None
+        bootstrap = settings.kafka_bootstrap_servers
+        if not bootstrap:
+            broker = stack.enter_context(EmbeddedBroker(args.broker_port, data_dir / "logs"))
+            bootstrap = broker.bootstrap
+        dsn = settings.database_url
+        if not dsn:
+            postgres = EmbeddedPostgres(data_dir / "postgres", args.pg_port)
+            dsn = stack.enter_context(postgres).url
+        ensure_topics(bootstrap, settings.topic_partitions, settings.replication_factor)
+        _create_tables(dsn)
+
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": dsn,
+            "CRM_API_PORT": str(args.api_port),
+        }
+        children = [Child(name, module, env) for name, module in SERVICES.items()]
+        print(
+            f"broker:   {bootstrap}{' (embedded)' if broker else ''}\n"
+            f"database: {dsn}\n"
+            f"api:      http://{settings.api_host}:{args.api_port} "
+            f"(docs at /docs)\nCtrl-C stops everything.",
+            flush=True,
+        )
+
+        def watch_broker() -> None:
+            if broker is not None and broker.pid is None:
+                log.warning("event=broker_died action=restart_empty")
+                broker.start()
+                ensure_topics(bootstrap, settings.topic_partitions, settings.replication_factor)
+
+        Supervisor(children, watchdog=watch_broker).run()
+    print("stopped", flush=True)
+
+
+def _create_tables(dsn: str) -> None:
+    store = EventStore(dsn)
+    try:
+        store.create_tables()
+    finally:
+        store.close()
+
+
+def _migrate(_: argparse.Namespace) -> None:
+    _create_tables(Settings().dsn)
+
+
+def _schemas(args: argparse.Namespace) -> None:
+    for path in write_all(args.out):
+        print(path)
+
+
+def _exec(module: str) -> None:
+    os.execv(sys.executable, [sys.executable, "-m", module])
+
+
+if __name__ == "__main__":
+    main()
