@@ -91,4 +91,3 @@ def _healthy(base: str) -> bool:
         return httpx.get(f"{base}/health", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
-
