@@ -1,11 +1,11 @@
 """Bounded on-disk spool of the producer SDK: records Kafka could not take yet, kept in FIFO order.
 
-Layout: ``<directory>/<uuid hex>/`` is owned by one live ``Spool`` (an exclusive ``flock`` on its
-``lock`` file) and holds numbered segment files ``<n>.seg`` plus, once some of a segment is
-committed, ``<n>.off`` (committed byte offset, replaced atomically). A segment is a sequence of
-records ``crc32 | topic length | key length (-1 = None) | value length | topic | key | value``; a
-torn or corrupt record ends the segment. Subdirectories whose lock is free belong to dead owners
-and are adopted: their records are delivered before this instance's own.
+Layout: ``<directory>/<creation time ns>-<uuid hex>/`` is owned by one live ``Spool`` (an exclusive
+``flock`` on its ``lock`` file) and holds numbered segment files ``<n>.seg`` plus, once some of a
+segment is committed, ``<n>.off`` (committed byte offset, replaced atomically). A segment is a
+sequence of records ``crc32 | topic length | key length (-1 = None) | value length | topic | key |
+value``; a torn or corrupt record ends the segment. Subdirectories whose lock is free belong to
+dead owners and are adopted: their records are delivered before this instance's own.
 """
 
 import fcntl
@@ -14,6 +14,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 import zlib
@@ -25,7 +26,7 @@ from typing import BinaryIO
 _HEAD = struct.Struct("<IHiI")  # crc32 of the rest, topic length, key length, value length
 _LENGTHS = struct.Struct("<HiI")
 _LOCK = "lock"
-_OWNER_DIR = re.compile(r"[0-9a-f]{32}")
+_OWNER_DIR = re.compile(r"[0-9]{20}-[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,8 @@ class Spool:
             tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self._base))  # never adopted
             self._dir_fd = os.open(tmp / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._dir = tmp.rename(self._base / uuid.uuid4().hex)
+            # Named by creation time first, so adopters deliver older spools first.
+            self._dir = tmp.rename(self._base / f"{time.time_ns():020d}-{uuid.uuid4().hex}")
             if self._fsync:
                 _fsync_dir(self._base)
         path = self._dir / f"{self._next_segment:010d}.seg"
@@ -274,7 +276,7 @@ class Spool:
 
     def _adopt(self) -> None:
         """Lock the subdirectories of dead owners and queue their records, oldest first."""
-        found: list[tuple[int, list[_Segment]]] = []
+        found: list[tuple[str, list[_Segment]]] = []
         for name in os.listdir(self._base):
             path = self._base / name
             if not _OWNER_DIR.fullmatch(name) or path == self._dir or path in self._adopted:
@@ -294,7 +296,7 @@ class Spool:
             self._adopted[path] = fd
             segments = [self._load(p) for p in sorted(path.glob("*.seg"))]
             if segments := [s for s in segments if s.count]:
-                found.append((segments[0].path.stat().st_mtime_ns, segments))
+                found.append((path.name, segments))
             else:
                 _remove_dir(path)
                 os.close(self._adopted.pop(path))

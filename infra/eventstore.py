@@ -4,12 +4,13 @@ transaction as the events it guards."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -85,6 +86,7 @@ class EventStore:
     """Append-only customer streams with deduplication by event id."""
 
     def __init__(self, dsn: str, *, pool_size: int = 2) -> None:
+        self.dsn = dsn
         params = conninfo_to_dict(dsn)
         self.datastore = PostgresDatastore(
             dbname=str(params.get("dbname", "postgres")),
@@ -166,6 +168,58 @@ class EventStore:
         """The next offset to read on that partition of that topic incarnation, if tracked."""
         name = IntakePosition(topic, topic_id, partition, 0).tracking_name
         return self.recorder.max_tracking_id(name)
+
+    def read(self, after: int, limit: int) -> Sequence[Notification]:
+        """Events after global position `after`, in position order."""
+        return self.recorder.select_notifications(after, limit, inclusive_of_start=False)
+
+    def read_stream(
+        self, customer_id: str, *, after_version: int = 0, before_version: int | None = None
+    ) -> list[tuple[int, int, bytes]]:
+        """(version, position, state) of a customer's events in version order, in a range."""
+        rows = self._query(
+            f"SELECT originator_version AS v, notification_id AS p, state FROM {EVENTS_TABLE} "
+            "WHERE originator_id = %s AND originator_version > %s "
+            "AND (%s::bigint IS NULL OR originator_version < %s::bigint) "
+            "ORDER BY originator_version",
+            (customer_id, after_version, before_version, before_version),
+        )
+        return [(row["v"], row["p"], bytes(row["state"])) for row in rows]
+
+    def timeline(
+        self, customer_id: str, *, limit: int, before: int | None = None
+    ) -> list[tuple[int, int, bytes]]:
+        """(version, position, state) of a customer's events, newest first, below `before`."""
+        rows = self._query(
+            f"SELECT originator_version AS v, notification_id AS p, state FROM {EVENTS_TABLE} "
+            "WHERE originator_id = %s AND (%s::bigint IS NULL OR notification_id < %s::bigint) "
+            "ORDER BY originator_version DESC LIMIT %s",
+            (customer_id, before, before, limit),
+        )
+        return [(row["v"], row["p"], bytes(row["state"])) for row in rows]
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def tracked(self, name: str) -> int | None:
+        """The last position recorded under a tracking name (relay, projections)."""
+        return self.recorder.max_tracking_id(name)
+
+    def track(self, name: str, position: int) -> None:
+        """Record a position under a tracking name; it must grow."""
+        self.recorder.insert_tracking(Tracking(name, position))
+
+    @contextmanager
+    def new_events(self) -> Iterator[Callable[[float], None]]:
+        """A function that waits up to `timeout` s for the next insert (LISTEN/NOTIFY)."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.recorder.channel_name)))
+
+            def wait(timeout: float) -> None:
+                for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    pass
+
+            yield wait
 
     def count(self) -> int:
         return self._query(f"SELECT count(*) AS n FROM {EVENTS_TABLE}")[0]["n"]

@@ -138,7 +138,8 @@ def test_spool_full_at_bound_and_append_many_is_all_or_nothing(tmp_path: Path) -
 
     spool = Spool(tmp_path / "spool", max_bytes=size * 5, segment_bytes=size * 2)
     spool.append_many([rec(i) for i in range(3)])
-    with pytest.raises(SpoolFull, match=r"spool .*spool/[0-9a-f]{32} is full: .* of \d+ bytes"):
+    full = r"spool .*spool/[0-9]{20}-[0-9a-f]{32} is full: .* of \d+ bytes"
+    with pytest.raises(SpoolFull, match=full):
         spool.append_many([rec(i) for i in range(3, 6)])
     assert len(spool) == 3 and spool.pending_bytes == 3 * size
     spool.append_many([rec(3), rec(4)])

@@ -1,0 +1,367 @@
+"""The customer 360 ("screen pop"): a pure fold of one customer's recorded events.
+
+`to_json` writes the document the read model stores as JSONB and the API shows:
+
+    {"customer_id": "C-1", "version": 7, "position": 1234,
+     "profile": {"name": ..., "email": ..., "phone": ..., "address": ...},
+     "touchpoints": {"total": 7, "by_type": {"call.logged": 2, ...},
+                     "first_at": "2026-01-05T08:15:30Z", "last_at": "2026-02-01T09:00:00Z"},
+     "purchases": {"count": 2, "total_spent": {"EUR": "1234.50"}, "last_purchase_at": ... | null},
+     "complaints": {"open": 1, "total": 2},
+     "recent": [{"event_id": ..., "type": ..., "occurred_at": ..., "summary": ..., "version": 7}],
+     "open_complaint_ids": ["K-7"]}
+
+Times are RFC 3339 UTC with "Z"; money is a decimal string; profile fields not known yet are null.
+Two parts exist so that `from_json` can continue the fold: "open_complaint_ids" (sorted) and the
+customer "version" of each recent item (the tie-break between equal `occurred_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from events.envelope import Envelope
+from projections.recorded import RecordedEvent, rfc3339
+from projections.views import CustomerView
+
+RECENT_LIMIT = 20
+SUMMARY_LIMIT = 120
+PROFILE_FIELDS = ("name", "email", "phone", "address")
+
+Payload = dict[str, Any]
+
+
+class VersionGap(Exception):
+    """An event skips versions: apply versions `expected` to `got - 1` of the customer first."""
+
+    def __init__(self, customer_id: str, expected: int, got: int) -> None:
+        super().__init__(f"customer {customer_id}: expected version {expected}, got {got}")
+        self.customer_id = customer_id
+        self.expected = expected
+        self.got = got
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecentItem:
+    event_id: str
+    type: str
+    occurred_at: datetime
+    version: int
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Customer360:
+    """The view of one customer after `version` (at global `position`); version 0 is empty.
+
+    The dicts are never mutated: `apply` builds new ones.
+    """
+
+    customer_id: str
+    version: int = 0
+    position: int = 0
+    profile: Profile = Profile()
+    by_type: dict[str, int] = field(default_factory=dict)
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+    purchase_count: int = 0
+    total_spent: dict[str, Decimal] = field(default_factory=dict)
+    last_purchase_at: datetime | None = None
+    complaints_total: int = 0
+    open_complaint_ids: frozenset[str] = frozenset()
+    recent: tuple[RecentItem, ...] = ()
+
+    @property
+    def total_touchpoints(self) -> int:
+        return sum(self.by_type.values())
+
+
+def apply(view: Customer360 | None, event: RecordedEvent) -> Customer360:
+    """The view after `event`; unchanged if already applied, VersionGap if versions are missing."""
+    envelope = event.envelope
+    if view is None:
+        view = Customer360(envelope.customer_id)
+    elif envelope.customer_id != view.customer_id:
+        raise ValueError(
+            f"event {envelope.event_id} is for customer {envelope.customer_id!r}, "
+            f"the view for {view.customer_id!r}"
+        )
+    if event.version <= view.version:
+        return view
+    if event.version > view.version + 1:
+        raise VersionGap(view.customer_id, view.version + 1, event.version)
+    at = envelope.occurred_at
+    summary = _shorten(_SUMMARIES[envelope.type](envelope.payload))
+    item = RecentItem(envelope.event_id, envelope.type, at, event.version, summary)
+    counted = replace(
+        view,
+        version=event.version,
+        position=event.position,
+        by_type=view.by_type | {envelope.type: view.by_type.get(envelope.type, 0) + 1},
+        first_at=_earlier(view.first_at, at),
+        last_at=_later(view.last_at, at),
+        recent=tuple(sorted((*view.recent, item), key=_recency, reverse=True)[:RECENT_LIMIT]),
+    )
+    effect = _EFFECTS.get(envelope.type)
+    return counted if effect is None else effect(counted, envelope)
+
+
+def fold(events: Iterable[RecordedEvent], view: Customer360 | None = None) -> Customer360 | None:
+    """Apply `events` of one customer in order to `view` (None: no event yet)."""
+    for event in events:
+        view = apply(view, event)
+    return view
+
+
+def to_json(view: Customer360) -> dict[str, Any]:
+    """The JSON-ready document described in the module docstring."""
+    return {
+        "customer_id": view.customer_id,
+        "version": view.version,
+        "position": view.position,
+        "profile": asdict(view.profile),
+        "touchpoints": {
+            "total": view.total_touchpoints,
+            "by_type": dict(sorted(view.by_type.items())),
+            "first_at": _time_text(view.first_at),
+            "last_at": _time_text(view.last_at),
+        },
+        "purchases": {
+            "count": view.purchase_count,
+            "total_spent": {c: f"{amount:f}" for c, amount in sorted(view.total_spent.items())},
+            "last_purchase_at": _time_text(view.last_purchase_at),
+        },
+        "complaints": {"open": len(view.open_complaint_ids), "total": view.complaints_total},
+        "recent": [
+            {
+                "event_id": r.event_id,
+                "type": r.type,
+                "occurred_at": rfc3339(r.occurred_at),
+                "summary": r.summary,
+                "version": r.version,
+            }
+            for r in view.recent
+        ],
+        "open_complaint_ids": sorted(view.open_complaint_ids),
+    }
+
+
+def from_json(doc: dict[str, Any]) -> Customer360:
+    """The view stored by `to_json`, ready to continue folding."""
+    touchpoints, purchases = doc["touchpoints"], doc["purchases"]
+    return Customer360(
+        customer_id=doc["customer_id"],
+        version=doc["version"],
+        position=doc["position"],
+        profile=Profile(**doc["profile"]),
+        by_type=dict(touchpoints["by_type"]),
+        first_at=_time(touchpoints["first_at"]),
+        last_at=_time(touchpoints["last_at"]),
+        purchase_count=purchases["count"],
+        total_spent={c: Decimal(amount) for c, amount in purchases["total_spent"].items()},
+        last_purchase_at=_time(purchases["last_purchase_at"]),
+        complaints_total=doc["complaints"]["total"],
+        open_complaint_ids=frozenset(doc["open_complaint_ids"]),
+        recent=tuple(
+            RecentItem(
+                r["event_id"],
+                r["type"],
+                datetime.fromisoformat(r["occurred_at"]),
+                r["version"],
+                r["summary"],
+            )
+            for r in doc["recent"]
+        ),
+    )
+
+
+CUSTOMER_360: CustomerView[Customer360] = CustomerView("customer_360", apply, to_json, from_json)
+"""The read model for the projector: table rm_customer_360."""
+
+
+# --- effects on the view beyond counting, by type ------------------------------------------
+
+
+def _registered(view: Customer360, envelope: Envelope) -> Customer360:
+    return replace(view, profile=Profile(**{f: envelope.payload.get(f) for f in PROFILE_FIELDS}))
+
+
+def _updated(view: Customer360, envelope: Envelope) -> Customer360:
+    given = {f: v for f in PROFILE_FIELDS if (v := envelope.payload.get(f)) is not None}
+    return replace(view, profile=replace(view.profile, **given))
+
+
+def _purchased(view: Customer360, envelope: Envelope) -> Customer360:
+    p = envelope.payload
+    return replace(
+        view,
+        purchase_count=view.purchase_count + 1,
+        total_spent=_plus(view.total_spent, p["currency"], Decimal(p["total"])),
+        last_purchase_at=_later(view.last_purchase_at, envelope.occurred_at),
+    )
+
+
+def _refunded(view: Customer360, envelope: Envelope) -> Customer360:
+    p = envelope.payload
+    return replace(view, total_spent=_plus(view.total_spent, p["currency"], -Decimal(p["amount"])))
+
+
+def _complaint_filed(view: Customer360, envelope: Envelope) -> Customer360:
+    return replace(
+        view,
+        complaints_total=view.complaints_total + 1,
+        open_complaint_ids=view.open_complaint_ids | {envelope.payload["complaint_id"]},
+    )
+
+
+def _complaint_resolved(view: Customer360, envelope: Envelope) -> Customer360:
+    return replace(
+        view, open_complaint_ids=view.open_complaint_ids - {envelope.payload["complaint_id"]}
+    )
+
+
+_EFFECTS: dict[str, Callable[[Customer360, Envelope], Customer360]] = {
+    "customer.registered": _registered,
+    "customer.updated": _updated,
+    "purchase.made": _purchased,
+    "purchase.refunded": _refunded,
+    "complaint.filed": _complaint_filed,
+    "complaint.resolved": _complaint_resolved,
+}
+
+
+# --- one-line summaries for "recent", by type ----------------------------------------------
+
+
+def _registered_summary(p: Payload) -> str:
+    return f"Registered as {p['name']}"
+
+
+def _updated_summary(p: Payload) -> str:
+    return "Profile updated: " + ", ".join(f for f in PROFILE_FIELDS if p.get(f) is not None)
+
+
+def _call_summary(p: Payload) -> str:
+    text = f"{p['direction'].capitalize()} call, {_duration(p['duration_seconds'])}"
+    if p.get("agent"):
+        text += f" (agent {p['agent']})"
+    return f"{text}: {p['outcome']}" if p.get("outcome") else text
+
+
+def _email_summary(p: Payload) -> str:
+    return f"{p['direction'].capitalize()} e-mail: {p['subject']}"
+
+
+def _purchase_summary(p: Payload) -> str:
+    items = sum(item["quantity"] for item in p["items"])
+    noun = "item" if items == 1 else "items"
+    return f"Purchase {p['order_id']}: {items} {noun}, {p['total']} {p['currency']}"
+
+
+def _refund_summary(p: Payload) -> str:
+    return f"Refund {p['amount']} {p['currency']} for {p['order_id']}"
+
+
+def _complaint_filed_summary(p: Payload) -> str:
+    return f"Complaint {p['complaint_id']} filed ({p['severity']}, {p['category']})"
+
+
+def _complaint_resolved_summary(p: Payload) -> str:
+    return f"Complaint {p['complaint_id']} resolved: {p['resolution']}"
+
+
+def _invoice_summary(p: Payload) -> str:
+    return f"Invoice {p['invoice_id']}: {p['amount']} {p['currency']} due {p['due_date']}"
+
+
+def _payment_summary(p: Payload) -> str:
+    target = f"for {p['invoice_id']}" if p.get("invoice_id") else "on account"
+    return f"Payment {p['payment_id']}: {p['amount']} {p['currency']} {target}"
+
+
+def _credit_summary(p: Payload) -> str:
+    return f"Credit limit {p['credit_limit']} {p['currency']}, {p['payment_terms_days']} days"
+
+
+def _visit_summary(p: Payload) -> str:
+    return f"Viewed {p['url']}"
+
+
+def _followup_scheduled_summary(p: Payload) -> str:
+    return f"Follow-up {p['followup_id']} due {p['due_at']}: {p['reason']}"
+
+
+def _followup_completed_summary(p: Payload) -> str:
+    text = f"Follow-up {p['followup_id']} completed"
+    return f"{text}: {p['outcome']}" if p.get("outcome") else text
+
+
+_SUMMARIES: dict[str, Callable[[Payload], str]] = {
+    "customer.registered": _registered_summary,
+    "customer.updated": _updated_summary,
+    "call.logged": _call_summary,
+    "email.logged": _email_summary,
+    "purchase.made": _purchase_summary,
+    "purchase.refunded": _refund_summary,
+    "complaint.filed": _complaint_filed_summary,
+    "complaint.resolved": _complaint_resolved_summary,
+    "invoice.issued": _invoice_summary,
+    "payment.received": _payment_summary,
+    "credit.terms.set": _credit_summary,
+    "web.visited": _visit_summary,
+    "followup.scheduled": _followup_scheduled_summary,
+    "followup.completed": _followup_completed_summary,
+}
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _recency(item: RecentItem) -> tuple[datetime, int]:
+    return item.occurred_at, item.version
+
+
+def _earlier(current: datetime | None, moment: datetime) -> datetime:
+    return moment if current is None else min(current, moment)
+
+
+def _later(current: datetime | None, moment: datetime) -> datetime:
+    return moment if current is None else max(current, moment)
+
+
+def _plus(totals: dict[str, Decimal], currency: str, amount: Decimal) -> dict[str, Decimal]:
+    return totals | {currency: totals.get(currency, Decimal(0)) + amount}
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m {seconds}s"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+def _shorten(text: str) -> str:
+    """One line of at most SUMMARY_LIMIT characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= SUMMARY_LIMIT else line[: SUMMARY_LIMIT - 1] + "…"
+
+
+def _time_text(moment: datetime | None) -> str | None:
+    return None if moment is None else rfc3339(moment)
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)

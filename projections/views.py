@@ -1,0 +1,68 @@
+"""What the projector needs to know about a per-customer read model, and its SQL.
+
+Each read model is one row per customer: the last applied customer version and global position,
+and the view as JSONB. The fold is pure; the projector (services/projector.py) loads rows, folds
+new events into them and writes them back with the positions, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from projections.recorded import RecordedEvent
+
+S = TypeVar("S")
+PROGRESS_TABLE = "rm_progress"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView(Generic[S]):
+    """A read model keyed by customer: `apply` folds one event into the state (None at first)."""
+
+    name: str
+    apply: Callable[[S | None, RecordedEvent], S]
+    to_json: Callable[[S], dict[str, Any]]
+    from_json: Callable[[dict[str, Any]], S]
+
+    @property
+    def table(self) -> str:
+        return f"rm_{self.name}"
+
+    def create_sql(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            "customer_id text PRIMARY KEY, version bigint NOT NULL, position bigint NOT NULL, "
+            "doc jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+
+    def select_for_update_sql(self) -> str:
+        return (
+            f"SELECT customer_id, version, doc FROM {self.table} "
+            "WHERE customer_id = ANY(%s::text[]) ORDER BY customer_id FOR UPDATE"
+        )
+
+    def upsert_sql(self) -> str:
+        """Write views; a row already at a higher version (another instance) is kept."""
+        return (
+            f"INSERT INTO {self.table} AS t (customer_id, version, position, doc) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+            "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, "
+            "position = excluded.position, doc = excluded.doc, updated_at = now() "
+            "WHERE t.version < excluded.version"
+        )
+
+    def select_sql(self) -> str:
+        return f"SELECT version, position, doc FROM {self.table} WHERE customer_id = %s"
+
+
+PROGRESS_SQL = (
+    f"CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} ("
+    "name text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL)"
+)
+ADVANCE_PROGRESS_SQL = (
+    f"INSERT INTO {PROGRESS_TABLE} AS p (name, position, updated_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (name) DO UPDATE SET position = GREATEST(p.position, excluded.position), "
+    "updated_at = now()"
+)
