@@ -22,7 +22,12 @@ from infra.topics import ensure_topics
 log = logging.getLogger("crm")
 
 # Services run as `python -m <module>`: infra starts them without importing them.
-SERVICES = {"recorder": "services.recorder", "api": "api"}
+SERVICES = {
+    "recorder": "services.recorder",
+    "relay": "services.relay",
+    "projector": "services.projector",
+    "api": "api",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -43,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of the wire contract")
     schemas.add_argument("--out", type=Path, default=SCHEMA_DIR)
     schemas.set_defaults(run=_schemas)
+
+    replay = commands.add_parser(
+        "replay", help="drop read models and rebuild them from the event store"
+    )
+    replay.add_argument("views", nargs="*", metavar="VIEW", help="e.g. customer_360 (default: all)")
+    replay.set_defaults(run=lambda args: _exec("services.projector", "replay", *args.views))
 
     migrate = commands.add_parser("migrate", help="create the event store tables")
     migrate.set_defaults(run=_migrate)
@@ -111,8 +122,8 @@ def _schemas(args: argparse.Namespace) -> None:
         print(path)
 
 
-def _exec(module: str) -> None:
-    os.execv(sys.executable, [sys.executable, "-m", module])
+def _exec(module: str, *args: str) -> None:
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
 if __name__ == "__main__":

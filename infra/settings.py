@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
     recorder_batch_size: int = Field(default=2000, ge=1)
     recorder_group: str = "crm-recorder"
+    projector_group: str = "crm-projector"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

@@ -137,7 +137,7 @@ def _dumps(value: Any) -> str:
 def make_app(settings: Settings, projector: Projector) -> faust.App:
     """The faust app: one agent on crm.events, batching, concurrency 1."""
     app = faust.App(
-        "crm-projector",
+        settings.projector_group,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
         topic_partitions=settings.topic_partitions,
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
     configure_logging("projector")
     pool = AsyncConnectionPool(settings.dsn, min_size=1, max_size=4, open=False)
     app = make_app(settings, Projector(pool, list(VIEWS.values())))
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 
