@@ -3,5 +3,17 @@
 from events.catalog import CATALOG, Catalog, EventSchema
 from events.envelope import Envelope, validate_envelope
 from events.errors import InvalidEvent
+from events.producer import EventDropped, Item, ProducerStats, TouchpointProducer
 
-__all__ = ["CATALOG", "Catalog", "Envelope", "EventSchema", "InvalidEvent", "validate_envelope"]
+__all__ = [
+    "CATALOG",
+    "Catalog",
+    "Envelope",
+    "EventDropped",
+    "EventSchema",
+    "InvalidEvent",
+    "Item",
+    "ProducerStats",
+    "TouchpointProducer",
+    "validate_envelope",
+]

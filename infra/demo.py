@@ -1,0 +1,793 @@
+"""Deterministic demo data: months of realistic touchpoints of a few thousand customers.
+
+`generate` yields wire envelopes in occurred_at order, the way a bulk import of history sends them;
+`send_demo` sends them through the producer SDK. The same arguments give the same events, event ids
+included: each customer draws from its own `random.Random`, seeded from `random.Random(seed)`, and
+runs as a small simulation that yields its events in time order, so customers are generated lazily
+and merged by time. The product catalog and the name tables make this module longer than most.
+"""
+
+from __future__ import annotations
+
+import calendar
+import heapq
+import math
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from random import Random
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+_DESERTING_SHARE = 0.1
+"""Share of customers whose spend falls to at most 40% in the last 4 months."""
+
+_DAY = 86_400
+_HOUR = 3_600
+_CENT = Decimal("0.01")
+_SHOP = "https://shop.example.com"
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """A catalog entry; consumables (`refill_days`) are bought again about that often."""
+
+    sku: str
+    name: str
+    category: str
+    price: Decimal  # in EUR; other currencies are converted with `price_in`
+    refill_days: int | None = None
+
+    def price_in(self, currency: str) -> Decimal:
+        return (self.price * _RATES[currency]).quantize(_CENT)
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """Products bought together: one of the anchors, then each extra with its probability."""
+
+    name: str
+    anchors: tuple[str, ...]
+    extras: tuple[tuple[str, float], ...]
+    weight: float  # how often an order is this bundle, relative to the other bundles
+
+
+def _product(sku: str, name: str, category: str, price: str, refill: int | None = None) -> Product:
+    return Product(sku, name, category, Decimal(price), refill)
+
+
+_RATES = {"EUR": Decimal(1), "USD": Decimal("1.08"), "GBP": Decimal("0.86")}
+PRODUCTS: tuple[Product, ...] = (
+    _product("LAP-14", 'Laptop Air 14"', "computers", "899.00"),
+    _product("LAP-16", 'Laptop Pro 16"', "computers", "1499.00"),
+    _product("BAG-LAP", "Laptop bag", "computers", "49.90"),
+    _product("MOU-WL", "Wireless mouse", "computers", "29.90"),
+    _product("KEY-WL", "Wireless keyboard", "computers", "59.90"),
+    _product("DOCK-C", "USB-C dock", "computers", "119.00"),
+    _product("MON-27", '27" monitor', "computers", "279.00"),
+    _product("PHN-X", "Smartphone X", "phones", "699.00"),
+    _product("PHN-L", "Smartphone Lite", "phones", "349.00"),
+    _product("CASE-PH", "Phone case", "phones", "19.90"),
+    _product("CHG-65", "65 W charger", "phones", "34.90"),
+    _product("SCR-PH", "Screen protector", "phones", "12.90"),
+    _product("EAR-BT", "Bluetooth earbuds", "audio", "129.00"),
+    _product("PWR-20", "Power bank 20,000 mAh", "phones", "39.90"),
+    _product("TAB-11", 'Tablet 11"', "tablets", "449.00"),
+    _product("CASE-TAB", "Tablet cover", "tablets", "39.90"),
+    _product("PEN-TAB", "Stylus", "tablets", "89.00"),
+    _product("COF-MAC", "Espresso machine", "coffee", "549.00"),
+    _product("COF-GRN", "Coffee grinder", "coffee", "129.00"),
+    _product("COF-MLK", "Milk frother", "coffee", "69.00"),
+    _product("COF-CUP", "Espresso cups, set of 6", "coffee", "24.90"),
+    _product("COF-BEAN", "Coffee beans 1 kg", "coffee", "16.90", 30),
+    _product("COF-DESC", "Descaler", "coffee", "9.90", 90),
+    _product("COF-FLT", "Water filter", "coffee", "12.90", 60),
+    _product("PRN-LAS", "Laser printer", "office", "229.00"),
+    _product("PRN-TON", "Toner cartridge", "office", "79.90", 75),
+    _product("PAP-A4", "Copy paper A4, 500 sheets", "office", "6.90", 30),
+    _product("CAM-MIR", "Mirrorless camera", "cameras", "1099.00"),
+    _product("CAM-50", "50 mm lens", "cameras", "329.00"),
+    _product("CAM-SD", "SD card 128 GB", "cameras", "24.90"),
+    _product("CAM-BAG", "Camera bag", "cameras", "59.90"),
+    _product("TV-55", '55" television', "tv", "649.00"),
+    _product("TV-MNT", "TV wall mount", "tv", "49.90"),
+    _product("SND-BAR", "Soundbar", "audio", "249.00"),
+    _product("HDMI-2", "HDMI cable 2 m", "tv", "12.90"),
+    _product("VAC-ROB", "Robot vacuum", "home", "399.00"),
+    _product("VAC-BAG", "Vacuum bags, pack of 10", "home", "14.90", 60),
+    _product("VAC-BR", "Replacement brushes", "home", "19.90"),
+    _product("KTL-17", "Electric kettle", "home", "39.90"),
+    _product("BAT-AA", "AA batteries, 12-pack", "home", "8.90"),
+)
+_BY_SKU: dict[str, Product] = {p.sku: p for p in PRODUCTS}
+BUNDLES: tuple[Bundle, ...] = (
+    Bundle(
+        "laptop",
+        ("LAP-14", "LAP-16"),
+        (("BAG-LAP", 0.7), ("MOU-WL", 0.6), ("DOCK-C", 0.25), ("KEY-WL", 0.2), ("MON-27", 0.15)),
+        3,
+    ),
+    Bundle(
+        "phone",
+        ("PHN-X", "PHN-L"),
+        (("CASE-PH", 0.75), ("CHG-65", 0.5), ("SCR-PH", 0.45), ("EAR-BT", 0.2)),
+        3,
+    ),
+    Bundle(
+        "coffee",
+        ("COF-MAC",),
+        (
+            ("COF-BEAN", 0.8),
+            ("COF-DESC", 0.6),
+            ("COF-FLT", 0.4),
+            ("COF-MLK", 0.3),
+            ("COF-CUP", 0.25),
+        ),
+        2,
+    ),
+    Bundle("tablet", ("TAB-11",), (("CASE-TAB", 0.7), ("PEN-TAB", 0.4)), 1.5),
+    Bundle("printer", ("PRN-LAS",), (("PAP-A4", 0.8), ("PRN-TON", 0.5)), 1),
+    Bundle("camera", ("CAM-MIR",), (("CAM-SD", 0.8), ("CAM-BAG", 0.6), ("CAM-50", 0.4)), 1),
+    Bundle("tv", ("TV-55",), (("HDMI-2", 0.6), ("TV-MNT", 0.5), ("SND-BAR", 0.35)), 1),
+    Bundle("vacuum", ("VAC-ROB",), (("VAC-BAG", 0.5), ("VAC-BR", 0.3)), 1),
+)
+_ANCHORS = {sku: bundle for bundle in BUNDLES for sku in bundle.anchors}
+_LOOSE = tuple(p.sku for p in PRODUCTS if p.sku not in _ANCHORS)  # bought on their own
+_EVERYDAY = tuple(s for s in _LOOSE if _BY_SKU[s].refill_days or _BY_SKU[s].price < 40)
+_BUNDLE_WEIGHTS = tuple(b.weight for b in BUNDLES)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    orders: float  # orders a month, refills of consumables not counted
+    rhythm: float  # regularity of those orders (gamma shape of the gaps; 1 is Poisson)
+    bundle: float  # share of those orders that are a bundle
+    calls: float  # calls a month
+    browse: float  # web sessions a month without an order
+
+
+_SEGMENTS = {
+    "occasional": _Segment(orders=0.3, rhythm=1, bundle=0.45, calls=0.15, browse=0.5),
+    "regular": _Segment(orders=1.5, rhythm=4, bundle=0.04, calls=0.3, browse=0.8),
+    "big_spender": _Segment(orders=2.5, rhythm=3, bundle=0.12, calls=0.6, browse=1.2),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Country:
+    first_names: tuple[str, ...]
+    last_names: tuple[str, ...]
+    phones: tuple[str, ...]  # "#" is a random digit
+    addresses: tuple[str, ...]  # "{n}" a house number, "#" a digit
+    mail_domains: tuple[str, ...]
+    company_suffixes: tuple[str, ...]
+    tld: str
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split("|"))
+
+
+_COUNTRIES = {
+    "DE": _Country(
+        _words("Anna|Lukas|Sophie|Jonas|Marie|Felix|Lena|Jürgen|Katrin|Tobias|Sabine|Uwe"),
+        _words("Müller|Schmidt|Schneider|Fischer|Weber|Meyer|Wagner|Becker|Hoffmann|Schäfer"),
+        _words("+49 30 #######|030 ########|0171/#######|+49 (0)89 ########|+491520#######"),
+        _words(
+            "Hauptstraße {n}, 10###  Berlin|Lindenweg {n}, 80### München|"
+            "Gartenstr. {n}, 20### Hamburg|Schillerplatz {n}, 50### Köln"
+        ),
+        _words("gmx.de|web.de|t-online.de|gmail.com"),
+        _words("GmbH|GmbH & Co. KG|AG"),
+        "de",
+    ),
+    "FR": _Country(
+        _words("Camille|Lucas|Léa|Hugo|Chloé|Louis|Manon|Théo|Élodie"),
+        _words("Martin|Bernard|Dubois|Thomas|Robert|Richard|Petit|Durand|Lefèvre"),
+        _words("+33 1 ## ## ## ##|06 ## ## ## ##|+33 (0)6########|01.##.##.##.##"),
+        _words(
+            "{n} rue de la Paix, 75### Paris|{n} avenue Jean Jaurès, 69### Lyon|"
+            "{n} boulevard Victor Hugo, 13### Marseille"
+        ),
+        _words("orange.fr|free.fr|laposte.net|gmail.com"),
+        _words("SARL|SAS"),
+        "fr",
+    ),
+    "NL": _Country(
+        _words("Daan|Emma|Sem|Julia|Lieke|Bram|Noor|Jesse"),
+        _words("de Jong|Jansen|de Vries|van den Berg|Bakker|Visser|Smit|van Dijk"),
+        _words("+31 20 ### ####|06-########|+31 6 ########"),
+        _words("Keizersgracht {n}, 1### AB Amsterdam|Coolsingel {n}, 3### CD Rotterdam"),
+        _words("ziggo.nl|kpnmail.nl|gmail.com"),
+        _words(
+            "B.V.",
+        ),
+        "nl",
+    ),
+    "ES": _Country(
+        _words("Lucía|Hugo|Martina|Pablo|Sofía|Álvaro|Carmen|Javier"),
+        _words("García|Fernández|González|Rodríguez|López|Martínez|Sánchez|Pérez"),
+        _words("+34 91 ### ## ##|6## ### ###|+34 6########"),
+        _words("Calle Mayor {n}, 28### Madrid|Carrer de Mallorca {n}, 08### Barcelona"),
+        _words("telefonica.net|gmail.com|hotmail.es"),
+        _words("S.L.|S.A."),
+        "es",
+    ),
+    "US": _Country(
+        _words("James|Mary|Olivia|Liam|Emma|Noah|Ava|Ethan|Michael|Jennifer"),
+        _words("Smith|Johnson|Williams|Brown|Jones|Miller|Davis|Wilson|Garcia|O'Brien"),
+        _words("(###) ###-####|+1 ###-###-####|###.###.####|+1 (###) ### ####"),
+        _words(
+            "{n} Main Street, Springfield, IL 627##|{n} Oak Avenue, Austin, TX 787##|"
+            "{n} 5th Avenue, Apt. ##, New York, NY 100##"
+        ),
+        _words("gmail.com|yahoo.com|outlook.com|icloud.com"),
+        _words("LLC|Inc.|Corp."),
+        "com",
+    ),
+    "GB": _Country(
+        _words("Oliver|Amelia|George|Isla|Harry|Poppy|Jack|Freya|Siobhan"),
+        _words("Taylor|Davies|Evans|Thomas|Roberts|Walker|Wright|Hughes|Smith-Jones"),
+        _words("+44 20 #### ####|07### ######|(0161) ### ####|+447#########"),
+        _words(
+            "{n} High Street, London SW1A #AA|Flat #, {n} Church Road, Manchester M## #XY|"
+            "{n} Station Road, Leeds LS# #QT"
+        ),
+        _words("btinternet.com|gmail.com|outlook.com|sky.com"),
+        _words("Ltd|LLP|plc"),
+        "co.uk",
+    ),
+}
+_COUNTRIES_BY_CURRENCY = {"EUR": ("DE", "DE", "DE", "FR", "FR", "NL", "ES"), "USD": ("US",)}
+_UTC_OFFSET_HOURS = {"EUR": 1, "USD": -6, "GBP": 0}  # of the customer's local time of day
+_TRADES = _words("Design|Consulting|Logistics|Bürotechnik|Studio|Café|Architects|Dental")
+_AGENTS = _words("Grace|Alan|Ada|Linus|Margaret|Tim|Barbara|Ken|Frances|Edsger")
+_INBOUND_CALLS = (
+    ("order status", ("resolved", "resolved", "callback requested")),
+    ("product question", ("resolved", "quote requested", "callback requested")),
+    ("billing question", ("resolved", "escalated", "callback requested")),
+    ("return request", ("return label sent", "escalated")),
+)
+_OUTBOUND_CALLS = (
+    ("satisfaction survey", ("completed", "no answer", "voicemail")),
+    ("upgrade offer", ("quote requested", "not interested", "no answer", "callback requested")),
+    ("payment reminder", ("promised to pay", "no answer", "voicemail")),
+)
+_COMPLAINTS = (  # category, description, resolution, share of the line refunded
+    ("defective", "The {name} stopped working after a few days.", "Replacement sent.", 1),
+    ("damaged in transit", "The {name} arrived damaged.", "Refunded the damaged item.", 1),
+    ("late delivery", "The {name} arrived a week late.", "Apologised, voucher sent.", 0.1),
+    ("wrong item", "I ordered the {name} but got something else.", "Correct item sent.", 0),
+    ("billing", "I was charged twice for the {name}.", "Duplicate charge reversed.", 0),
+    ("service", "Nobody answered my questions about the {name}.", "Called back, explained.", 0),
+)
+_NEWSLETTERS = _words(
+    "New year, new gear|Winter sale|Spring cleaning deals|Easter offers|Mother's Day gifts|"
+    "Summer tech|Holiday essentials|Back to school|Autumn coffee week|Office upgrade month|"
+    "Black Friday preview|Christmas gift guide"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    customer_id: str
+    segment: _Segment
+    currency: str
+    business: bool
+    joined: float  # share of the period gone at registration; 0: a customer from before
+    spend_factor: float  # at most this share of the usual spend in the last 4 months
+
+
+def _profiles(customers: int, seed: int) -> Iterator[tuple[_Profile, Random]]:
+    master = Random(seed)
+    for index in range(1, customers + 1):
+        rng = Random(master.getrandbits(64))
+        deserting = rng.random() < _DESERTING_SHARE
+        if deserting:
+            segment = rng.choices(("regular", "big_spender"), (3, 1))[0]
+        else:
+            segment = rng.choices(tuple(_SEGMENTS), (45, 40, 15))[0]
+        joined = 0.0 if deserting or rng.random() < 0.45 else rng.uniform(0.0, 0.97)
+        profile = _Profile(
+            customer_id=f"C-{index:06d}",
+            segment=_SEGMENTS[segment],
+            currency=rng.choices(("EUR", "USD", "GBP"), (80, 12, 8))[0],
+            business=rng.random() < (0.5 if segment == "big_spender" else 0.06),
+            joined=joined,
+            spend_factor=rng.choice((0.0, 0.1, 0.25, 0.4)) if deserting else 1.0,
+        )
+        yield profile, rng
+
+
+def deserting_customers(customers: int, seed: int) -> set[str]:
+    """Ids of the customers `generate(customers, seed=seed)` makes deserting: steady spend, then
+    at most 40% of it (often nothing) in the last 4 months of the period."""
+    return {p.customer_id for p, _ in _profiles(customers, seed) if p.spend_factor < 1}
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    start: int
+    end: int
+    baseline: int  # the 6 months before the decline of deserting customers (clipped to start)
+    decline: int  # the last 4 months
+    baseline_months: int
+
+    @classmethod
+    def ending(cls, end: datetime, months: int) -> _Period:
+        def back(n: int) -> int:
+            return math.ceil(_months_before(end, min(n, months)).timestamp())
+
+        return cls(
+            back(months), int(end.timestamp()), back(10), back(4), max(0, min(6, months - 4))
+        )
+
+
+def _months_before(moment: datetime, months: int) -> datetime:
+    year, month = divmod(moment.year * 12 + moment.month - 1 - months, 12)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+@dataclass(slots=True)
+class _Order:
+    order_id: str
+    items: list[tuple[Product, int, Decimal]]  # product, quantity, unit price
+    total: Decimal
+    refundable: Decimal
+
+
+_Activity = Callable[[Any], None]
+
+
+class _Customer:
+    """One customer's history: a heap of timed entries, each an event to emit or an activity
+    that emits events and schedules more entries, never earlier than itself."""
+
+    def __init__(self, index: int, profile: _Profile, rng: Random, period: _Period) -> None:
+        self.index, self.p, self.rng, self.period = index, profile, rng, period
+        self.heap: list[tuple[int, int, _Activity | None, Any]] = []
+        self.now = period.start
+        self.seq = 0
+        self.counters: dict[str, int] = {}
+        self.refills: dict[str, float] = {}  # sku -> personal interval in days
+        self.spend = {"baseline": Decimal(0), "decline": Decimal(0)}
+        self.terms = 14
+        self.country = _COUNTRIES[rng.choice(_COUNTRIES_BY_CURRENCY.get(profile.currency, ("GB",)))]
+        offset = _UTC_OFFSET_HOURS[profile.currency]
+        lo, hi = (8, 18) if profile.business else (7, 22)
+        self.hours = ((lo - offset) * _HOUR, (hi - offset) * _HOUR)
+        self.online = 0.3 if profile.business else 0.75
+        self.favorites = rng.sample(_EVERYDAY, 4)
+        self.contact = self._contact()
+        registered = period.start + int(profile.joined * (period.end - period.start))
+        self.at(registered if profile.joined == 0 else self._daytime(registered), self._register)
+
+    def events(self) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+        emitted = 0
+        while self.heap:
+            self.now, _, action, arg = heapq.heappop(self.heap)
+            if action is not None:
+                action(arg)
+                continue
+            emitted += 1
+            type_, source, payload = arg
+            envelope = {
+                "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                "type": type_,
+                "schema_version": 1,
+                "customer_id": self.p.customer_id,
+                "occurred_at": _rfc3339(self.now),
+                "source": source,
+                "payload": payload,
+            }
+            yield self.now, self.index, emitted, envelope
+
+    # --- scheduling
+
+    def at(self, ts: float, action: _Activity | None, arg: Any = None) -> None:
+        ts = max(int(ts), self.now)
+        if ts <= self.period.end:
+            self.seq += 1
+            heapq.heappush(self.heap, (ts, self.seq, action, arg))
+
+    def emit(self, ts: float, type_: str, source: str, payload: dict[str, Any]) -> None:
+        self.at(ts, None, (type_, source, payload))
+
+    def _daytime(self, ts: float) -> int:
+        return int(ts) // _DAY * _DAY + self.rng.randint(*self.hours)
+
+    def later(self, days: float) -> int:
+        """A moment of the customer's active hours, about `days` from now."""
+        return max(self._daytime(self.now + days * _DAY), self.now + 60)
+
+    def _repeat(self, per_month: float, activity: Callable[[], None], rhythm: float = 1) -> None:
+        """Run `activity` from now on, `per_month` times a month on average, with gaps of gamma
+        shape `rhythm`: 1 is a Poisson process, higher is more regular."""
+        if per_month > 0:
+            gap = self.rng.gammavariate(rhythm, 30 / per_month / rhythm)
+            self.at(self.later(gap), self._occur, (per_month, activity, rhythm))
+
+    def _occur(self, arg: tuple[float, Callable[[], None], float]) -> None:
+        arg[1]()
+        self._repeat(*arg)
+
+    def _next_id(self, prefix: str) -> str:
+        n = self.counters[prefix] = self.counters.get(prefix, 0) + 1
+        return f"{prefix}-{self.index:06d}-{n:04d}"
+
+    def _declining(self, ts: int) -> bool:
+        return self.p.spend_factor < 1 and ts >= self.period.decline
+
+    def _count(self, ts: int, amount: Decimal) -> None:
+        if ts >= self.period.decline:
+            self.spend["decline"] += amount
+        elif ts >= self.period.baseline:
+            self.spend["baseline"] += amount
+
+    def _may_spend(self, ts: int, total: Decimal) -> bool:
+        """False for most orders of a deserting customer in the last 4 months, and for any order
+        that would lift their spend there above `spend_factor` of their usual monthly spend."""
+        if self._declining(ts):
+            months = self.period.baseline_months
+            usual = self.spend["baseline"] / months if months else Decimal(0)
+            cap = Decimal(str(self.p.spend_factor)) * usual * 4
+            if self.rng.random() >= self.p.spend_factor or self.spend["decline"] + total > cap:
+                return False
+        self._count(ts, total)
+        return True
+
+    # --- who the customer is
+
+    def _contact(self) -> dict[str, str]:
+        rng, country = self.rng, self.country
+        first, last = rng.choice(country.first_names), rng.choice(country.last_names)
+        self.first, self.last = _slug(first), _slug(last)
+        suffix = rng.choice(country.company_suffixes)
+        self.company = f"{last} {rng.choice(_TRADES)} {suffix}" if self.p.business else ""
+        contact = {"name": self.company or f"{first} {last}"}
+        contact["email"] = self._mailbox()
+        if rng.random() < 0.85:
+            contact["phone"] = _digits(rng, rng.choice(country.phones))
+        if rng.random() < 0.9:
+            contact["address"] = self._address()
+        return contact
+
+    def _mailbox(self) -> str:
+        rng, f, la = self.rng, self.first, self.last
+        if self.p.business:
+            domain = f"{la}-{_slug(self.company.split()[1])}.{self.country.tld}"
+            return rng.choice((f"{f}.{la}", "purchasing", "info", f"{f[0]}{la}")) + "@" + domain
+        year = rng.randint(60, 99)
+        local = rng.choice((f"{f}.{la}", f"{f}{la}{year}", f"{f[0]}.{la}", f"{la}_{f}{year}"))
+        return f"{local}@{rng.choice(self.country.mail_domains)}"
+
+    def _address(self) -> str:
+        pattern = self.rng.choice(self.country.addresses)
+        return _digits(self.rng, pattern.replace("{n}", str(self.rng.randint(1, 180))))
+
+    def _register(self, _: None) -> None:
+        rng, segment = self.rng, self.p.segment
+        source = "sales" if self.p.business or rng.random() < 0.4 else "web"
+        self.emit(self.now, "customer.registered", source, dict(self.contact))
+        if self.p.business:
+            self.terms = rng.choice((30, 30, 45, 60))
+            self._credit_terms(self.now + 60, rng.choice((5, 10, 25)) * 1000)
+        self._repeat(segment.orders, self._shop, segment.rhythm)
+        self._repeat(segment.browse, self._browse)
+        self._repeat(segment.calls, self._call)
+        self._repeat(0.15, self._question)
+        self._repeat(0.05, self._update)
+        if rng.random() < 0.7:
+            self.at(self.later(rng.uniform(0, 30)), self._newsletter)
+        if self.p.joined == 0:  # appliances bought before the period still need refills
+            for bundle in BUNDLES:
+                if rng.random() < 0.12:
+                    self._subscribe(bundle, first_in=rng.uniform(0, 1))
+
+    def _credit_terms(self, ts: int, limit: int) -> None:
+        payload = {
+            "credit_limit": str(limit),
+            "currency": self.p.currency,
+            "payment_terms_days": self.terms,
+        }
+        self.emit(ts, "credit.terms.set", "credit", payload)
+        if self.rng.random() < 0.3:
+            review = self.rng.uniform(90, 200) * _DAY
+            self.at(ts + review, lambda _: self._credit_terms(self.now, limit * 2))
+
+    def _update(self) -> None:
+        rng = self.rng
+        field = rng.choice(("email", "phone", "address"))
+        if field == "email":
+            value = self._mailbox()
+        elif field == "phone":
+            value = _digits(rng, rng.choice(self.country.phones))
+        else:
+            value = self._address()
+        self.contact[field] = value
+        self.emit(
+            self.now, "customer.updated", rng.choice(("web", "support", "sales")), {field: value}
+        )
+
+    # --- buying
+
+    def _basket(self) -> list[Product]:
+        rng = self.rng
+        if rng.random() >= self.p.segment.bundle:  # mostly what this customer usually buys
+            skus = {rng.choice(self.favorites if rng.random() < 0.85 else _LOOSE)}
+            skus |= {rng.choice(self.favorites) for _ in range(rng.choice((0, 0, 1, 2)))}
+            return [_BY_SKU[sku] for sku in sorted(skus)]
+        bundle = rng.choices(BUNDLES, _BUNDLE_WEIGHTS)[0]
+        extras = [sku for sku, chance in bundle.extras if rng.random() < chance]
+        return [_BY_SKU[sku] for sku in (rng.choice(bundle.anchors), *extras)]
+
+    def _quantity(self, product: Product) -> int:
+        rng, business = self.rng, self.p.business
+        if product.sku in _ANCHORS:
+            return rng.choice((1, 1, 2, 3)) if business else 1
+        if product.refill_days:
+            return rng.randint(2, 10) if business else rng.choice((1, 1, 2, 3))
+        return rng.randint(1, 5) if business and rng.random() < 0.3 else 1
+
+    def _shop(self, refill: Product | None = None) -> None:
+        """Look at products on the web, and mostly buy them there or through sales."""
+        rng = self.rng
+        products = [refill] if refill else self._basket()
+        online = rng.random() < (0.85 if refill else self.online)
+        looked = online or rng.random() < 0.4
+        visited = self._visit_pages([_product_url(p) for p in products[:3]]) if looked else 0
+        ordered = visited + rng.randint(60, 600) if online else self.later(rng.uniform(0.5, 6))
+        currency = self.p.currency
+        items = [(p, self._quantity(p), p.price_in(currency)) for p in products]
+        total = sum((q * price for _, q, price in items), Decimal(0))
+        if self._may_spend(ordered, total):
+            self.at(ordered, self._purchase, (items, total, "web" if online else "sales"))
+
+    def _purchase(self, arg: tuple[list[tuple[Product, int, Decimal]], Decimal, str]) -> None:
+        items, total, source = arg
+        rng, now = self.rng, self.now
+        order = _Order(self._next_id("O"), items, total, total)
+        lines = [
+            {"sku": p.sku, "name": p.name, "quantity": q, "unit_price": str(price)}
+            for p, q, price in items
+        ]
+        payload = {"order_id": order.order_id, "items": lines, "total": str(total)}
+        self.emit(now, "purchase.made", source, payload | {"currency": self.p.currency})
+        subject = f"Your order {order.order_id}"
+        self._email(now + rng.randint(30, 300), "outbound", subject, "sales")
+        self._invoice(order)
+        for product, _, _ in items:
+            if product.sku in _ANCHORS:
+                self._subscribe(_ANCHORS[product.sku], first_in=rng.uniform(0.8, 1.2))
+        if rng.random() < 0.05:
+            self.at(self.later(rng.uniform(1, 20)), self._complain, order)
+        elif rng.random() < 0.03:
+            product, quantity, price = rng.choice(items)
+            self._refund(order, self.later(rng.uniform(3, 30)), quantity * price, "returned")
+
+    def _subscribe(self, bundle: Bundle, first_in: float) -> None:
+        """Start buying the bundle's consumables again and again, each at a personal interval."""
+        for sku, _ in bundle.extras:
+            product = _BY_SKU[sku]
+            if product.refill_days and sku not in self.refills and self.rng.random() < 0.7:
+                days = self.refills[sku] = product.refill_days * self.rng.uniform(0.75, 1.3)
+                self.at(self.later(days * first_in), self._refill, product)
+
+    def _refill(self, product: Product) -> None:
+        self._shop(product)
+        days = self.refills[product.sku] * self.rng.uniform(0.85, 1.15)
+        self.at(self.later(days), self._refill, product)
+
+    def _invoice(self, order: _Order) -> None:
+        rng, currency = self.rng, self.p.currency
+        issued = self.now + rng.randint(300, 2 * _HOUR)
+        invoice_id = "INV" + order.order_id[1:]
+        due = datetime.fromtimestamp(self.now, UTC).date() + timedelta(days=self.terms)
+        payload = {"invoice_id": invoice_id, "amount": str(order.total), "currency": currency}
+        self.emit(issued, "invoice.issued", "accounting", payload | {"due_date": due.isoformat()})
+        due_ts = _timestamp(due) + 17 * _HOUR
+        on_time = issued + 60 + rng.random() ** 2 * (due_ts - issued)
+        late = due_ts + rng.uniform(1, 45) * _DAY
+        chance = rng.random()
+        if chance < 0.8:
+            self._payment(on_time, invoice_id, order.total)
+        elif chance < 0.9:
+            self._payment(late, invoice_id, order.total)
+        elif chance < 0.96:
+            part = (order.total * Decimal(rng.uniform(0.3, 0.7))).quantize(_CENT)
+            self._payment(on_time, invoice_id, part)
+            if rng.random() < 0.5:
+                self._payment(late, invoice_id, order.total - part)
+
+    def _payment(self, ts: float, invoice_id: str, amount: Decimal) -> None:
+        payload = {"payment_id": self._next_id("PAY"), "amount": str(amount)}
+        payload |= {"currency": self.p.currency, "invoice_id": invoice_id}
+        self.emit(ts, "payment.received", "accounting", payload)
+
+    def _refund(self, order: _Order, ts: int, amount: Decimal, reason: str) -> None:
+        amount = min(amount.quantize(_CENT), order.refundable)
+        ts = max(ts, self.now)
+        if amount <= 0 or ts > self.period.end:
+            return
+        if self.p.spend_factor < 1 and self.period.baseline <= ts < self.period.decline:
+            return  # keeps the usual spend of a deserting customer plain to see
+        order.refundable -= amount
+        self._count(ts, -amount)
+        payload = {"order_id": order.order_id, "amount": str(amount), "currency": self.p.currency}
+        self.emit(ts, "purchase.refunded", "accounting", payload | {"reason": reason})
+
+    # --- service
+
+    def _complain(self, order: _Order) -> None:
+        rng, now = self.rng, self.now
+        product, quantity, price = rng.choice(order.items)
+        category, description, resolution, refund_share = rng.choice(_COMPLAINTS)
+        severity = rng.choices(("low", "medium", "high"), (5, 4, 2))[0]
+        complaint_id = self._next_id("K")
+        if severity == "high" and "phone" in self.contact:
+            self._log_call(now, "inbound", f"complaint about order {order.order_id}", "escalated")
+        payload = {"complaint_id": complaint_id, "category": category, "product_sku": product.sku}
+        payload |= {"severity": severity, "description": description.format(name=product.name)}
+        self.emit(now + 60, "complaint.filed", "support", payload)
+        if severity != "low":
+            self._followup("support", f"Check that complaint {complaint_id} is settled", 3)
+        if rng.random() < 0.15:
+            return  # left open
+        hours = {"low": (1, 24), "medium": (4, 96), "high": (24, 240)}[severity]
+        resolved = now + 60 + int(rng.uniform(*hours) * _HOUR)
+        payload = {"complaint_id": complaint_id, "resolution": resolution}
+        self.emit(
+            resolved, "complaint.resolved", "support", payload | {"satisfied": rng.random() < 0.7}
+        )
+        if refund_share:
+            line = quantity * price * Decimal(str(refund_share))
+            self._refund(order, resolved + 600, line, f"complaint {complaint_id}")
+
+    def _followup(self, source: str, reason: str, in_days: float) -> None:
+        rng = self.rng
+        followup_id, due = self._next_id("F"), self.later(in_days * rng.uniform(0.5, 1.5))
+        payload = {"followup_id": followup_id, "due_at": _rfc3339(due), "reason": reason}
+        self.emit(
+            self.now + 120, "followup.scheduled", source, payload | {"assignee": self._agent()}
+        )
+        if rng.random() < 0.85:
+            done = max(due + rng.randint(-2 * _DAY, _DAY), self.now + 180)
+            outcome = rng.choice(("done", "customer satisfied", "left a message", "issue closed"))
+            self.emit(
+                done, "followup.completed", source, {"followup_id": followup_id, "outcome": outcome}
+            )
+
+    def _call(self) -> None:
+        inbound = self.rng.random() < 0.6
+        topic, outcomes = self.rng.choice(_INBOUND_CALLS if inbound else _OUTBOUND_CALLS)
+        outcome = self.rng.choice(outcomes)
+        self._log_call(self.now, "inbound" if inbound else "outbound", topic, outcome)
+        if outcome in ("callback requested", "quote requested"):
+            reason = f"{outcome.capitalize()}: {topic}"
+            self._followup("call-center" if inbound else "sales", reason, 2)
+
+    def _log_call(self, ts: int, direction: str, topic: str, outcome: str) -> None:
+        rng = self.rng
+        if outcome in ("no answer", "voicemail"):
+            seconds = rng.randint(0, 40)
+        else:
+            seconds = int(rng.lognormvariate(5.3 if direction == "inbound" else 5.0, 0.6))
+        payload: dict[str, Any] = {"direction": direction, "duration_seconds": seconds}
+        payload |= {"agent": self._agent(), "outcome": outcome, "notes": f"Topic: {topic}."}
+        if "phone" in self.contact:
+            payload["phone"] = self.contact["phone"]
+        self.emit(ts, "call.logged", "call-center", payload)
+
+    def _email(self, ts: float, direction: str, subject: str, source: str) -> None:
+        payload = {"direction": direction, "subject": subject, "address": self.contact["email"]}
+        self.emit(ts, "email.logged", source, payload)
+
+    def _question(self) -> None:
+        product = self.rng.choice(PRODUCTS)
+        subject = f"Question about the {product.name}"
+        self._email(self.now, "inbound", subject, "support")
+        self._email(
+            self.now + self.rng.randint(_HOUR, 30 * _HOUR), "outbound", f"Re: {subject}", "support"
+        )
+
+    def _newsletter(self, _: None) -> None:
+        month = datetime.fromtimestamp(self.now, UTC).month
+        self._email(self.now, "outbound", _NEWSLETTERS[month - 1], "marketing")
+        self.at(self.later(self.rng.uniform(28, 32)), self._newsletter)
+
+    def _browse(self) -> None:
+        rng = self.rng
+        if self._declining(self.now) and rng.random() >= self.p.spend_factor + 0.2:
+            return
+        products = rng.sample(PRODUCTS, rng.choice((1, 1, 2, 3)))
+        entry: list[tuple[str, str | None]] = [(_SHOP + "/", None)]
+        entry.append((f"{_SHOP}/c/{products[0].category}", None))
+        self._visit_pages(entry[: rng.choice((0, 1, 1, 2))] + [_product_url(p) for p in products])
+
+    def _visit_pages(self, pages: list[tuple[str, str | None]]) -> int:
+        """Emit one web session over `pages` (url, product sku); return when it ended."""
+        rng, ts = self.rng, self.now
+        session = f"s-{rng.getrandbits(48):012x}"
+        for url, sku in pages:
+            payload = {"url": url, "session_id": session}
+            self.emit(
+                ts, "web.visited", "web", payload if sku is None else payload | {"product_sku": sku}
+            )
+            ts += rng.randint(10, 240)
+        return ts
+
+    def _agent(self) -> str:
+        return self.rng.choice(_AGENTS)
+
+
+def _product_url(product: Product) -> tuple[str, str | None]:
+    return f"{_SHOP}/p/{product.sku.lower()}", product.sku
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(c for c in ascii_text.lower() if c.isalnum())
+
+
+def _digits(rng: Random, pattern: str) -> str:
+    return "".join(str(rng.randint(0, 9)) if c == "#" else c for c in pattern)
+
+
+def _rfc3339(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _timestamp(day: date) -> int:
+    return calendar.timegm(day.timetuple())
+
+
+def generate(
+    customers: int = 2000, months: int = 12, seed: int = 42, end: datetime | None = None
+) -> Iterator[dict[str, Any]]:
+    """Wire envelopes of `months` months of history of `customers` customers, ending at `end`
+    (default: now, UTC, truncated to the hour), in occurred_at order.
+
+    The same arguments give the same envelopes, event ids included. Customers are "C-000001"
+    onwards. About a tenth are deserting (see `deserting_customers`): their spend in the last 4
+    months falls against the 6 before, so `months` >= 10 shows it in full.
+    """
+    if customers < 0 or months < 1:
+        raise ValueError(f"expected customers >= 0 and months >= 1, got {customers}, {months}")
+    if end is None:
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    elif end.tzinfo is None:
+        raise ValueError(f"end must be timezone-aware, got {end.isoformat()}")
+    period = _Period.ending(end, months)
+    lives = [
+        _Customer(index, profile, rng, period).events()
+        for index, (profile, rng) in enumerate(_profiles(customers, seed), start=1)
+    ]
+    return (envelope for *_, envelope in heapq.merge(*lives))
+
+
+class EnvelopeSender(Protocol):
+    """What `send_demo` needs of `events.producer.TouchpointProducer`."""
+
+    def send_envelope(self, envelope: Mapping[str, Any]) -> str: ...
+
+    def flush(self, timeout: float | None = None) -> int: ...
+
+
+def send_demo(
+    producer: EnvelopeSender,
+    events: Iterable[dict[str, Any]],
+    total: int | None,
+    progress: bool = True,
+) -> int:
+    """Send `events` through `producer` with a progress bar, then flush; return how many."""
+    sent = 0
+    for envelope in tqdm(events, total=total, unit="event", disable=not progress):
+        producer.send_envelope(envelope)
+        sent += 1
+    producer.flush()
+    return sent
