@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from api.ingest import Record
+from events.metadata import all_topics_metadata
 from events.topics import TOUCHPOINTS
 
 log = logging.getLogger(__name__)
@@ -90,4 +91,4 @@ class LazyProducer:
             delivery_timeout_ms=ACK_TIMEOUT_MS,
         )
         log.info("producer connected bootstrap=%s", self.bootstrap)
-        return producer
+        return all_topics_metadata(producer)

@@ -64,6 +64,7 @@ from kafka.producer.future import FutureRecordMetadata
 from events.codec import DEFAULT_MAX_BYTES, encode
 from events.envelope import new_event_id, validate_envelope
 from events.errors import InvalidEvent
+from events.metadata import all_topics_metadata
 from events.spool import Spool, SpooledRecord, SpoolFull
 from events.topics import TOUCHPOINTS
 
@@ -430,7 +431,7 @@ class TouchpointProducer:
                 # allow_auto_create_topics (the embedded one) creates a topic it is asked about,
                 # with a partition count the platform does not use. A missing topic then means
                 # KafkaTimeoutError after max_block_ms, and the event is spooled.
-                kafka._metadata.need_all_topic_metadata = True
+                all_topics_metadata(kafka)
                 self._kafka = kafka
                 self._unreachable = False
             return self._kafka

@@ -99,7 +99,12 @@ def _up(args: argparse.Namespace) -> None:
             if broker is not None and broker.pid is None:
                 log.warning("event=broker_died action=restart_empty")
                 broker.start()
-                ensure_topics(bootstrap, settings.topic_partitions, settings.replication_factor)
+                ensure_topics(
+                    bootstrap,
+                    settings.topic_partitions,
+                    settings.replication_factor,
+                    recreate_wrong=True,
+                )
 
         Supervisor(children, watchdog=watch_broker).run()
     print("stopped", flush=True)

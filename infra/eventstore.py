@@ -23,6 +23,7 @@ EVENTS_TABLE = "crm_events"
 TRACKING_TABLE = "crm_tracking"
 INTAKE_TABLE = "crm_intake"
 _CONFLICT_RETRIES = 5
+SCHEMA_LOCK = 7_310_001  # advisory lock id serializing schema changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,13 @@ class EventStore:
         self.recorder = _Recorder(self.datastore)
 
     def create_tables(self) -> None:
-        self.recorder.create_table()
+        """Create the tables if missing; safe when several processes start at once."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+            try:
+                self.recorder.create_table()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
     def close(self) -> None:
         self.datastore.close()

@@ -26,6 +26,7 @@ from events import topics
 from events.codec import decode
 from events.envelope import Envelope
 from events.errors import InvalidEvent
+from events.metadata import all_topics_metadata, exact
 from infra.eventstore import EventStore, IntakePosition
 from infra.logs import configure_logging
 from infra.settings import Settings
@@ -92,7 +93,7 @@ class Recorder(ConsumerRebalanceListener):
         self._lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe([topics.TOUCHPOINTS], listener=self)
+        self.consumer.subscribe(pattern=exact(topics.TOUCHPOINTS), listener=self)
         log.info("event=started topic=%s", topics.TOUCHPOINTS)
         while not stop.is_set():
             polled = self.consumer.poll(timeout_ms=200, max_records=self.batch_size)
@@ -225,13 +226,15 @@ def main() -> None:
         max_poll_records=settings.recorder_batch_size,
         allow_auto_create_topics=False,
     )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        client_id="crm-recorder-deadletter",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        allow_auto_create_topics=False,
+    producer = all_topics_metadata(
+        KafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            client_id="crm-recorder-deadletter",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            allow_auto_create_topics=False,
+        )
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -24,6 +24,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from events import topics
+from events.metadata import all_topics_metadata
 from infra.eventstore import EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
@@ -115,15 +116,17 @@ def main() -> None:
     store.create_tables()
 
     def new_producer() -> KafkaProducer:
-        return KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id="crm-relay",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-            batch_size=256 * 1024,
-            metadata_max_age_ms=2000,  # notice a recreated topic (new topic id) within seconds
-            allow_auto_create_topics=False,
+        return all_topics_metadata(
+            KafkaProducer(
+                bootstrap_servers=settings.bootstrap,
+                client_id="crm-relay",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                batch_size=256 * 1024,
+                metadata_max_age_ms=2000,  # notice a recreated topic (new topic id) within seconds
+                allow_auto_create_topics=False,
+            )
         )
 
     stop = threading.Event()

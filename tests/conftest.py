@@ -78,6 +78,6 @@ def restart_broker(broker: EmbeddedBroker) -> Callable[[], None]:
 
     def restart() -> None:
         broker.restart()
-        ensure_topics(broker.bootstrap, TOPIC_PARTITIONS)
+        ensure_topics(broker.bootstrap, TOPIC_PARTITIONS, recreate_wrong=True)
 
     return restart

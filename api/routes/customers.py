@@ -1,0 +1,218 @@
+"""GET /customers/{customer_id}: the customer 360 from its read model, and
+GET /customers/{customer_id}/timeline: the customer's recorded events, newest first.
+
+The 360 document is sent as the JSONB text PostgreSQL returns, without parsing it: the models
+below document its shape in OpenAPI, they do not check it on every request.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi.responses import JSONResponse
+from psycopg.errors import UndefinedTable
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ReadPool, Store
+from events.envelope import CUSTOMER_ID_PATTERN, validate_envelope
+from infra.eventstore import EventStore
+from projections.customer_360 import CUSTOMER_360
+from projections.recorded import rfc3339
+
+INTERNAL_FIELDS = ["open_complaint_ids"]
+"""Parts of the stored 360 document that only the projector needs."""
+MAX_PAGE = 500
+
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+_DOCUMENT_SQL = f"SELECT (doc - %s::text[])::text FROM {CUSTOMER_360.table} WHERE customer_id = %s"
+
+router = APIRouter(prefix="/customers", tags=["customers"])
+
+Money = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", examples=["1234.50"])]
+
+
+class Profile(BaseModel):
+    """The latest known contact details; null until an event gave them."""
+
+    name: str | None
+    email: str | None
+    phone: str | None
+    address: str | None
+
+
+class TouchpointCounts(BaseModel):
+    total: int
+    by_type: dict[str, int] = Field(description="number of events by event type")
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+class Purchases(BaseModel):
+    count: int
+    total_spent: dict[str, Money] = Field(
+        description="purchases minus refunds, a decimal string by ISO 4217 currency"
+    )
+    last_purchase_at: datetime | None
+
+
+class Complaints(BaseModel):
+    open: int
+    total: int
+
+
+class RecentTouchpoint(BaseModel):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    summary: str = Field(description="one line for a person to read")
+    version: int
+
+
+class Customer360(BaseModel):
+    """The customer 360 ("screen pop") after the customer's events up to `version` (its
+    global `position` in the event store)."""
+
+    customer_id: str
+    version: int
+    position: int
+    profile: Profile
+    touchpoints: TouchpointCounts
+    purchases: Purchases
+    complaints: Complaints
+    recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
+
+
+class TimelineEvent(BaseModel):
+    """A recorded event, its payload at the current schema version of its type."""
+
+    position: int = Field(description="global position in the event store")
+    version: int = Field(description="1, 2, 3... within the customer's events")
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    source: str
+    payload: dict[str, Any]
+    correlation_id: str | None
+
+
+class Timeline(BaseModel):
+    """One page of a customer's recorded events, newest first."""
+
+    customer_id: str
+    events: list[TimelineEvent]
+    next_before: int | None = Field(
+        description="pass as `before` for the next page; null when there is no more"
+    )
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+CustomerId = Annotated[
+    str,
+    Path(
+        description="1-64 characters of A-Z a-z 0-9 _ . : -",
+        json_schema_extra={"pattern": CUSTOMER_ID_PATTERN},
+        examples=["C-0042"],
+    ),
+]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "Unknown customer, or not in the view yet"},
+    422: {
+        "description": "Malformed customer id (a `detail` message) or query parameter "
+        "(a `detail` list of validation errors)"
+    },
+    503: {"model": Problem, "description": "Database unavailable; retry shortly"},
+}
+
+
+@router.get(
+    "/{customer_id}",
+    response_class=JSONResponse,
+    summary="Customer 360",
+    responses={200: {"model": Customer360, "description": "The 360 document"}, **_ERRORS},
+)
+async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
+    """The customer 360 as the projector last wrote it (one indexed lookup)."""
+    _check_customer_id(customer_id)
+    try:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(_DOCUMENT_SQL, (INTERNAL_FIELDS, customer_id))
+            row = await cursor.fetchone()
+    except UndefinedTable:  # the projector creates its tables with its first batch
+        row = None
+    if row is None:
+        recorded = await run_in_threadpool(_is_recorded, store, customer_id)
+        detail = (
+            f"customer {customer_id} is recorded but not yet in the view; retry shortly"
+            if recorded
+            else _unknown(customer_id)
+        )
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail)
+    return Response(row[0].encode(), media_type="application/json")
+
+
+@router.get(
+    "/{customer_id}/timeline",
+    response_class=JSONResponse,
+    summary="Customer timeline",
+    responses={200: {"model": Timeline, "description": "A page of events"}, **_ERRORS},
+)
+def get_timeline(
+    customer_id: CustomerId,
+    store: Store,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    before: Annotated[
+        int | None, Query(ge=1, description="only events at positions below this one")
+    ] = None,
+) -> Response:
+    """The customer's recorded events from the event store, newest first, `limit` per page."""
+    _check_customer_id(customer_id)
+    rows = store.timeline(customer_id, limit=limit + 1, before=before)
+    if not rows and (before is None or not _is_recorded(store, customer_id)):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _unknown(customer_id))
+    page = rows[:limit]
+    body = {
+        "customer_id": customer_id,
+        "events": [_timeline_event(*row) for row in page],
+        "next_before": page[-1][1] if len(rows) > limit else None,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _check_customer_id(customer_id: str) -> None:
+    if not _CUSTOMER_ID.fullmatch(customer_id):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"customer_id must be 1-64 characters of A-Z a-z 0-9 _ . : -, got {customer_id!r}",
+        )
+
+
+def _unknown(customer_id: str) -> str:
+    return f"customer {customer_id} is unknown"
+
+
+def _is_recorded(store: EventStore, customer_id: str) -> bool:
+    return bool(store.stream_versions({customer_id}))
+
+
+def _timeline_event(version: int, position: int, state: bytes) -> dict[str, Any]:
+    envelope = validate_envelope(orjson.loads(state)).upcast()
+    return {
+        "position": position,
+        "version": version,
+        "event_id": envelope.event_id,
+        "type": envelope.type,
+        "schema_version": envelope.schema_version,
+        "occurred_at": rfc3339(envelope.occurred_at),
+        "source": envelope.source,
+        "payload": envelope.payload,
+        "correlation_id": envelope.correlation_id,
+    }
