@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from events.producer import TouchpointProducer
 from events.schemas import SCHEMA_DIR, write_all
 from infra.broker import EmbeddedBroker
+from infra.demo import generate, send_demo
 from infra.eventstore import EventStore
 from infra.logs import configure_logging
 from infra.postgres import EmbeddedPostgres
@@ -39,7 +41,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     up.add_argument("--broker-port", type=int, default=9092)
     up.add_argument("--pg-port", type=int, default=5433)
     up.add_argument("--data-dir", type=Path, default=Path("./var"))
+    up.add_argument("--demo", action="store_true", help="also load the demo data (crm demo)")
     up.set_defaults(run=_up)
+
+    demo = commands.add_parser(
+        "demo", help="send months of realistic touchpoints for many customers through the SDK"
+    )
+    demo.add_argument("--customers", type=int, default=2000)
+    demo.add_argument("--months", type=int, default=12)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(run=_demo)
 
     for name, module in SERVICES.items():
         service = commands.add_parser(name, help=f"run only the {name} (python -m {module})")
@@ -87,6 +98,8 @@ def _up(args: argparse.Namespace) -> None:
             "CRM_API_PORT": str(args.api_port),
         }
         children = [Child(name, module, env) for name, module in SERVICES.items()]
+        if args.demo:
+            children.append(Child("demo", "infra.cli", env, args=("demo",), restart=False))
         print(
             f"broker:   {bootstrap}{' (embedded)' if broker else ''}\n"
             f"database: {dsn}\n"
@@ -120,6 +133,14 @@ def _create_tables(dsn: str) -> None:
 
 def _migrate(_: argparse.Namespace) -> None:
     _create_tables(Settings().dsn)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    settings = Settings()
+    with TouchpointProducer(settings.bootstrap, source="demo") as producer:
+        events = generate(customers=args.customers, months=args.months, seed=args.seed)
+        sent = send_demo(producer, events, total=None)
+    print(f"demo: sent {sent} touchpoints for {args.customers} customers", flush=True)
 
 
 def _schemas(args: argparse.Namespace) -> None:

@@ -25,6 +25,8 @@ class Child:
     name: str
     module: str
     env: dict[str, str]
+    args: tuple[str, ...] = ()
+    restart: bool = True  # False: a one-shot job, restarted only if it fails
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0
@@ -32,7 +34,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = spawn(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-m", self.module, *self.args],
             output=sys.stderr.fileno(),
             death_signal=signal.SIGTERM,
             env=self.env,
@@ -77,7 +79,7 @@ class Supervisor:
     def _check(self, child: Child) -> None:
         assert child.proc is not None
         code = child.proc.poll()
-        if code is None or self._stopping:
+        if code is None or self._stopping or (code == 0 and not child.restart):
             return
         now = time.monotonic()
         if child.restart_at == 0.0:
