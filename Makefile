@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)        ## the platform on the embedded stack (Ctrl-C stops it)
-	$(BIN)/crm up
+	$(BIN)/crm up --demo
 
 test: $(STAMP)       ## lint, then unit and integration tests (real broker, real PostgreSQL)
 	$(BIN)/ruff check .

@@ -176,11 +176,11 @@ def check_object(value: Any, fields: tuple[Field, ...]) -> None:
     """Check a JSON object against its fields: unknown keys, missing keys and bad values."""
     if not isinstance(value, dict):
         raise FieldError(f"expected an object, got {kind_of(value)}")
-    known = {f.name for f in fields}
-    for key in value:
-        if key not in known:
-            expected = ", ".join(sorted(known))
-            raise FieldError(f"unknown field (expected one of {expected})", f".{key}")
+    if sum(f.name in value for f in fields) != len(value):  # some key is not a field
+        known = {f.name for f in fields}
+        unknown = next(key for key in value if key not in known)
+        expected = ", ".join(sorted(known))
+        raise FieldError(f"unknown field (expected one of {expected})", f".{unknown}")
     for f in fields:
         item = value.get(f.name)
         if item is None:
