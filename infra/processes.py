@@ -18,9 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -140,3 +143,51 @@ def wait_for_port(
 ) -> None:
     """Wait until the child's host:port accepts TCP connections."""
     wait_ready(proc, lambda: port_open(host, port), timeout=timeout, what=what, log_file=log_file)
+
+
+class ChildServer:
+    """A server on HOST:port run as a child process: pid, stop, and `with` to start and stop.
+
+    Subclasses set `name`, `stop_signal`, `port`, and implement `start()`.
+    """
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+    port: int
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server, None when stopped."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    def _check_can_start(self) -> None:
+        if self.pid is not None:
+            raise RuntimeError(f"{self.name} already running pid={self.pid}")
+        if port_open(HOST, self.port):
+            raise StartupError(f"cannot start {self.name}: port {HOST}:{self.port} is in use")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Send the stop signal, SIGKILL the process group after `timeout` s. No-op if stopped."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        terminate(proc, self.stop_signal, timeout)
+        log.info("%s stopped pid=%d returncode=%s", self.name, proc.pid, proc.returncode)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
