@@ -1,336 +1,52 @@
-"""Deterministic demo data: months of realistic touchpoints of a few thousand customers.
-
-`generate` yields wire envelopes in occurred_at order, the way a bulk import of history sends them;
-`send_demo` sends them through the producer SDK. The same arguments give the same events, event ids
-included: each customer draws from its own `random.Random`, seeded from `random.Random(seed)`, and
-runs as a small simulation that yields its events in time order, so customers are generated lazily
-and merged by time. The product catalog and the name tables make this module longer than most.
-"""
+"""One demo customer's history, simulated: registration, orders, invoices and payments,
+refunds, complaints, calls, e-mails, web visits and follow-ups, each an event at its time."""
 
 from __future__ import annotations
 
 import calendar
 import heapq
-import math
-import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from random import Random
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+from infra.demo.catalog import (
+    _ANCHORS,
+    _BUNDLE_WEIGHTS,
+    _BY_SKU,
+    _CENT,
+    _EVERYDAY,
+    _LOOSE,
+    _SHOP,
+    BUNDLES,
+    PRODUCTS,
+    Bundle,
+    Product,
+    _product_url,
+)
+from infra.demo.people import (
+    _AGENTS,
+    _COMPLAINTS,
+    _COUNTRIES,
+    _COUNTRIES_BY_CURRENCY,
+    _INBOUND_CALLS,
+    _NEWSLETTERS,
+    _OUTBOUND_CALLS,
+    _TRADES,
+    _UTC_OFFSET_HOURS,
+    _digits,
+    _Profile,
+    _slug,
+)
 
-_DESERTING_SHARE = 0.1
-"""Share of customers whose spend falls to at most 40% in the last 4 months."""
+if TYPE_CHECKING:
+    from infra.demo.generator import _Period
 
 _DAY = 86_400
 _HOUR = 3_600
-_CENT = Decimal("0.01")
-_SHOP = "https://shop.example.com"
-
-
-@dataclass(frozen=True, slots=True)
-class Product:
-    """A catalog entry; consumables (`refill_days`) are bought again about that often."""
-
-    sku: str
-    name: str
-    category: str
-    price: Decimal  # in EUR; other currencies are converted with `price_in`
-    refill_days: int | None = None
-
-    def price_in(self, currency: str) -> Decimal:
-        return (self.price * _RATES[currency]).quantize(_CENT)
-
-
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    """Products bought together: one of the anchors, then each extra with its probability."""
-
-    name: str
-    anchors: tuple[str, ...]
-    extras: tuple[tuple[str, float], ...]
-    weight: float  # how often an order is this bundle, relative to the other bundles
-
-
-def _product(sku: str, name: str, category: str, price: str, refill: int | None = None) -> Product:
-    return Product(sku, name, category, Decimal(price), refill)
-
-
-_RATES = {"EUR": Decimal(1), "USD": Decimal("1.08"), "GBP": Decimal("0.86")}
-PRODUCTS: tuple[Product, ...] = (
-    _product("LAP-14", 'Laptop Air 14"', "computers", "899.00"),
-    _product("LAP-16", 'Laptop Pro 16"', "computers", "1499.00"),
-    _product("BAG-LAP", "Laptop bag", "computers", "49.90"),
-    _product("MOU-WL", "Wireless mouse", "computers", "29.90"),
-    _product("KEY-WL", "Wireless keyboard", "computers", "59.90"),
-    _product("DOCK-C", "USB-C dock", "computers", "119.00"),
-    _product("MON-27", '27" monitor', "computers", "279.00"),
-    _product("PHN-X", "Smartphone X", "phones", "699.00"),
-    _product("PHN-L", "Smartphone Lite", "phones", "349.00"),
-    _product("CASE-PH", "Phone case", "phones", "19.90"),
-    _product("CHG-65", "65 W charger", "phones", "34.90"),
-    _product("SCR-PH", "Screen protector", "phones", "12.90"),
-    _product("EAR-BT", "Bluetooth earbuds", "audio", "129.00"),
-    _product("PWR-20", "Power bank 20,000 mAh", "phones", "39.90"),
-    _product("TAB-11", 'Tablet 11"', "tablets", "449.00"),
-    _product("CASE-TAB", "Tablet cover", "tablets", "39.90"),
-    _product("PEN-TAB", "Stylus", "tablets", "89.00"),
-    _product("COF-MAC", "Espresso machine", "coffee", "549.00"),
-    _product("COF-GRN", "Coffee grinder", "coffee", "129.00"),
-    _product("COF-MLK", "Milk frother", "coffee", "69.00"),
-    _product("COF-CUP", "Espresso cups, set of 6", "coffee", "24.90"),
-    _product("COF-BEAN", "Coffee beans 1 kg", "coffee", "16.90", 30),
-    _product("COF-DESC", "Descaler", "coffee", "9.90", 90),
-    _product("COF-FLT", "Water filter", "coffee", "12.90", 60),
-    _product("PRN-LAS", "Laser printer", "office", "229.00"),
-    _product("PRN-TON", "Toner cartridge", "office", "79.90", 75),
-    _product("PAP-A4", "Copy paper A4, 500 sheets", "office", "6.90", 30),
-    _product("CAM-MIR", "Mirrorless camera", "cameras", "1099.00"),
-    _product("CAM-50", "50 mm lens", "cameras", "329.00"),
-    _product("CAM-SD", "SD card 128 GB", "cameras", "24.90"),
-    _product("CAM-BAG", "Camera bag", "cameras", "59.90"),
-    _product("TV-55", '55" television', "tv", "649.00"),
-    _product("TV-MNT", "TV wall mount", "tv", "49.90"),
-    _product("SND-BAR", "Soundbar", "audio", "249.00"),
-    _product("HDMI-2", "HDMI cable 2 m", "tv", "12.90"),
-    _product("VAC-ROB", "Robot vacuum", "home", "399.00"),
-    _product("VAC-BAG", "Vacuum bags, pack of 10", "home", "14.90", 60),
-    _product("VAC-BR", "Replacement brushes", "home", "19.90"),
-    _product("KTL-17", "Electric kettle", "home", "39.90"),
-    _product("BAT-AA", "AA batteries, 12-pack", "home", "8.90"),
-)
-_BY_SKU: dict[str, Product] = {p.sku: p for p in PRODUCTS}
-BUNDLES: tuple[Bundle, ...] = (
-    Bundle(
-        "laptop",
-        ("LAP-14", "LAP-16"),
-        (("BAG-LAP", 0.7), ("MOU-WL", 0.6), ("DOCK-C", 0.25), ("KEY-WL", 0.2), ("MON-27", 0.15)),
-        3,
-    ),
-    Bundle(
-        "phone",
-        ("PHN-X", "PHN-L"),
-        (("CASE-PH", 0.75), ("CHG-65", 0.5), ("SCR-PH", 0.45), ("EAR-BT", 0.2)),
-        3,
-    ),
-    Bundle(
-        "coffee",
-        ("COF-MAC",),
-        (
-            ("COF-BEAN", 0.8),
-            ("COF-DESC", 0.6),
-            ("COF-FLT", 0.4),
-            ("COF-MLK", 0.3),
-            ("COF-CUP", 0.25),
-        ),
-        2,
-    ),
-    Bundle("tablet", ("TAB-11",), (("CASE-TAB", 0.7), ("PEN-TAB", 0.4)), 1.5),
-    Bundle("printer", ("PRN-LAS",), (("PAP-A4", 0.8), ("PRN-TON", 0.5)), 1),
-    Bundle("camera", ("CAM-MIR",), (("CAM-SD", 0.8), ("CAM-BAG", 0.6), ("CAM-50", 0.4)), 1),
-    Bundle("tv", ("TV-55",), (("HDMI-2", 0.6), ("TV-MNT", 0.5), ("SND-BAR", 0.35)), 1),
-    Bundle("vacuum", ("VAC-ROB",), (("VAC-BAG", 0.5), ("VAC-BR", 0.3)), 1),
-)
-_ANCHORS = {sku: bundle for bundle in BUNDLES for sku in bundle.anchors}
-_LOOSE = tuple(p.sku for p in PRODUCTS if p.sku not in _ANCHORS)  # bought on their own
-_EVERYDAY = tuple(s for s in _LOOSE if _BY_SKU[s].refill_days or _BY_SKU[s].price < 40)
-_BUNDLE_WEIGHTS = tuple(b.weight for b in BUNDLES)
-
-
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    orders: float  # orders a month, refills of consumables not counted
-    rhythm: float  # regularity of those orders (gamma shape of the gaps; 1 is Poisson)
-    bundle: float  # share of those orders that are a bundle
-    calls: float  # calls a month
-    browse: float  # web sessions a month without an order
-
-
-_SEGMENTS = {
-    "occasional": _Segment(orders=0.3, rhythm=1, bundle=0.45, calls=0.15, browse=0.5),
-    "regular": _Segment(orders=1.5, rhythm=4, bundle=0.04, calls=0.3, browse=0.8),
-    "big_spender": _Segment(orders=2.5, rhythm=3, bundle=0.12, calls=0.6, browse=1.2),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Country:
-    first_names: tuple[str, ...]
-    last_names: tuple[str, ...]
-    phones: tuple[str, ...]  # "#" is a random digit
-    addresses: tuple[str, ...]  # "{n}" a house number, "#" a digit
-    mail_domains: tuple[str, ...]
-    company_suffixes: tuple[str, ...]
-    tld: str
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.split("|"))
-
-
-_COUNTRIES = {
-    "DE": _Country(
-        _words("Anna|Lukas|Sophie|Jonas|Marie|Felix|Lena|Jürgen|Katrin|Tobias|Sabine|Uwe"),
-        _words("Müller|Schmidt|Schneider|Fischer|Weber|Meyer|Wagner|Becker|Hoffmann|Schäfer"),
-        _words("+49 30 #######|030 ########|0171/#######|+49 (0)89 ########|+491520#######"),
-        _words(
-            "Hauptstraße {n}, 10###  Berlin|Lindenweg {n}, 80### München|"
-            "Gartenstr. {n}, 20### Hamburg|Schillerplatz {n}, 50### Köln"
-        ),
-        _words("gmx.de|web.de|t-online.de|gmail.com"),
-        _words("GmbH|GmbH & Co. KG|AG"),
-        "de",
-    ),
-    "FR": _Country(
-        _words("Camille|Lucas|Léa|Hugo|Chloé|Louis|Manon|Théo|Élodie"),
-        _words("Martin|Bernard|Dubois|Thomas|Robert|Richard|Petit|Durand|Lefèvre"),
-        _words("+33 1 ## ## ## ##|06 ## ## ## ##|+33 (0)6########|01.##.##.##.##"),
-        _words(
-            "{n} rue de la Paix, 75### Paris|{n} avenue Jean Jaurès, 69### Lyon|"
-            "{n} boulevard Victor Hugo, 13### Marseille"
-        ),
-        _words("orange.fr|free.fr|laposte.net|gmail.com"),
-        _words("SARL|SAS"),
-        "fr",
-    ),
-    "NL": _Country(
-        _words("Daan|Emma|Sem|Julia|Lieke|Bram|Noor|Jesse"),
-        _words("de Jong|Jansen|de Vries|van den Berg|Bakker|Visser|Smit|van Dijk"),
-        _words("+31 20 ### ####|06-########|+31 6 ########"),
-        _words("Keizersgracht {n}, 1### AB Amsterdam|Coolsingel {n}, 3### CD Rotterdam"),
-        _words("ziggo.nl|kpnmail.nl|gmail.com"),
-        _words(
-            "B.V.",
-        ),
-        "nl",
-    ),
-    "ES": _Country(
-        _words("Lucía|Hugo|Martina|Pablo|Sofía|Álvaro|Carmen|Javier"),
-        _words("García|Fernández|González|Rodríguez|López|Martínez|Sánchez|Pérez"),
-        _words("+34 91 ### ## ##|6## ### ###|+34 6########"),
-        _words("Calle Mayor {n}, 28### Madrid|Carrer de Mallorca {n}, 08### Barcelona"),
-        _words("telefonica.net|gmail.com|hotmail.es"),
-        _words("S.L.|S.A."),
-        "es",
-    ),
-    "US": _Country(
-        _words("James|Mary|Olivia|Liam|Emma|Noah|Ava|Ethan|Michael|Jennifer"),
-        _words("Smith|Johnson|Williams|Brown|Jones|Miller|Davis|Wilson|Garcia|O'Brien"),
-        _words("(###) ###-####|+1 ###-###-####|###.###.####|+1 (###) ### ####"),
-        _words(
-            "{n} Main Street, Springfield, IL 627##|{n} Oak Avenue, Austin, TX 787##|"
-            "{n} 5th Avenue, Apt. ##, New York, NY 100##"
-        ),
-        _words("gmail.com|yahoo.com|outlook.com|icloud.com"),
-        _words("LLC|Inc.|Corp."),
-        "com",
-    ),
-    "GB": _Country(
-        _words("Oliver|Amelia|George|Isla|Harry|Poppy|Jack|Freya|Siobhan"),
-        _words("Taylor|Davies|Evans|Thomas|Roberts|Walker|Wright|Hughes|Smith-Jones"),
-        _words("+44 20 #### ####|07### ######|(0161) ### ####|+447#########"),
-        _words(
-            "{n} High Street, London SW1A #AA|Flat #, {n} Church Road, Manchester M## #XY|"
-            "{n} Station Road, Leeds LS# #QT"
-        ),
-        _words("btinternet.com|gmail.com|outlook.com|sky.com"),
-        _words("Ltd|LLP|plc"),
-        "co.uk",
-    ),
-}
-_COUNTRIES_BY_CURRENCY = {"EUR": ("DE", "DE", "DE", "FR", "FR", "NL", "ES"), "USD": ("US",)}
-_UTC_OFFSET_HOURS = {"EUR": 1, "USD": -6, "GBP": 0}  # of the customer's local time of day
-_TRADES = _words("Design|Consulting|Logistics|Bürotechnik|Studio|Café|Architects|Dental")
-_AGENTS = _words("Grace|Alan|Ada|Linus|Margaret|Tim|Barbara|Ken|Frances|Edsger")
-_INBOUND_CALLS = (
-    ("order status", ("resolved", "resolved", "callback requested")),
-    ("product question", ("resolved", "quote requested", "callback requested")),
-    ("billing question", ("resolved", "escalated", "callback requested")),
-    ("return request", ("return label sent", "escalated")),
-)
-_OUTBOUND_CALLS = (
-    ("satisfaction survey", ("completed", "no answer", "voicemail")),
-    ("upgrade offer", ("quote requested", "not interested", "no answer", "callback requested")),
-    ("payment reminder", ("promised to pay", "no answer", "voicemail")),
-)
-_COMPLAINTS = (  # category, description, resolution, share of the line refunded
-    ("defective", "The {name} stopped working after a few days.", "Replacement sent.", 1),
-    ("damaged in transit", "The {name} arrived damaged.", "Refunded the damaged item.", 1),
-    ("late delivery", "The {name} arrived a week late.", "Apologised, voucher sent.", 0.1),
-    ("wrong item", "I ordered the {name} but got something else.", "Correct item sent.", 0),
-    ("billing", "I was charged twice for the {name}.", "Duplicate charge reversed.", 0),
-    ("service", "Nobody answered my questions about the {name}.", "Called back, explained.", 0),
-)
-_NEWSLETTERS = _words(
-    "New year, new gear|Winter sale|Spring cleaning deals|Easter offers|Mother's Day gifts|"
-    "Summer tech|Holiday essentials|Back to school|Autumn coffee week|Office upgrade month|"
-    "Black Friday preview|Christmas gift guide"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Profile:
-    customer_id: str
-    segment: _Segment
-    currency: str
-    business: bool
-    joined: float  # share of the period gone at registration; 0: a customer from before
-    spend_factor: float  # at most this share of the usual spend in the last 4 months
-
-
-def _profiles(customers: int, seed: int) -> Iterator[tuple[_Profile, Random]]:
-    master = Random(seed)
-    for index in range(1, customers + 1):
-        rng = Random(master.getrandbits(64))
-        deserting = rng.random() < _DESERTING_SHARE
-        if deserting:
-            segment = rng.choices(("regular", "big_spender"), (3, 1))[0]
-        else:
-            segment = rng.choices(tuple(_SEGMENTS), (45, 40, 15))[0]
-        joined = 0.0 if deserting or rng.random() < 0.45 else rng.uniform(0.0, 0.97)
-        profile = _Profile(
-            customer_id=f"C-{index:06d}",
-            segment=_SEGMENTS[segment],
-            currency=rng.choices(("EUR", "USD", "GBP"), (80, 12, 8))[0],
-            business=rng.random() < (0.5 if segment == "big_spender" else 0.06),
-            joined=joined,
-            spend_factor=rng.choice((0.0, 0.1, 0.25, 0.4)) if deserting else 1.0,
-        )
-        yield profile, rng
-
-
-def deserting_customers(customers: int, seed: int) -> set[str]:
-    """Ids of the customers `generate(customers, seed=seed)` makes deserting: steady spend, then
-    at most 40% of it (often nothing) in the last 4 months of the period."""
-    return {p.customer_id for p, _ in _profiles(customers, seed) if p.spend_factor < 1}
-
-
-@dataclass(frozen=True, slots=True)
-class _Period:
-    start: int
-    end: int
-    baseline: int  # the 6 months before the decline of deserting customers (clipped to start)
-    decline: int  # the last 4 months
-    baseline_months: int
-
-    @classmethod
-    def ending(cls, end: datetime, months: int) -> _Period:
-        def back(n: int) -> int:
-            return math.ceil(_months_before(end, min(n, months)).timestamp())
-
-        return cls(
-            back(months), int(end.timestamp()), back(10), back(4), max(0, min(6, months - 4))
-        )
-
-
-def _months_before(moment: datetime, months: int) -> datetime:
-    year, month = divmod(moment.year * 12 + moment.month - 1 - months, 12)
-    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-    return moment.replace(year=year, month=month + 1, day=day)
 
 
 @dataclass(slots=True)
@@ -725,69 +441,9 @@ class _Customer:
         return self.rng.choice(_AGENTS)
 
 
-def _product_url(product: Product) -> tuple[str, str | None]:
-    return f"{_SHOP}/p/{product.sku.lower()}", product.sku
-
-
-def _slug(text: str) -> str:
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return "".join(c for c in ascii_text.lower() if c.isalnum())
-
-
-def _digits(rng: Random, pattern: str) -> str:
-    return "".join(str(rng.randint(0, 9)) if c == "#" else c for c in pattern)
-
-
 def _rfc3339(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _timestamp(day: date) -> int:
     return calendar.timegm(day.timetuple())
-
-
-def generate(
-    customers: int = 2000, months: int = 12, seed: int = 42, end: datetime | None = None
-) -> Iterator[dict[str, Any]]:
-    """Wire envelopes of `months` months of history of `customers` customers, ending at `end`
-    (default: now, UTC, truncated to the hour), in occurred_at order.
-
-    The same arguments give the same envelopes, event ids included. Customers are "C-000001"
-    onwards. About a tenth are deserting (see `deserting_customers`): their spend in the last 4
-    months falls against the 6 before, so `months` >= 10 shows it in full.
-    """
-    if customers < 0 or months < 1:
-        raise ValueError(f"expected customers >= 0 and months >= 1, got {customers}, {months}")
-    if end is None:
-        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    elif end.tzinfo is None:
-        raise ValueError(f"end must be timezone-aware, got {end.isoformat()}")
-    period = _Period.ending(end, months)
-    lives = [
-        _Customer(index, profile, rng, period).events()
-        for index, (profile, rng) in enumerate(_profiles(customers, seed), start=1)
-    ]
-    return (envelope for *_, envelope in heapq.merge(*lives))
-
-
-class EnvelopeSender(Protocol):
-    """What `send_demo` needs of `events.producer.TouchpointProducer`."""
-
-    def send_envelope(self, envelope: Mapping[str, Any]) -> str: ...
-
-    def flush(self, timeout: float | None = None) -> int: ...
-
-
-def send_demo(
-    producer: EnvelopeSender,
-    events: Iterable[dict[str, Any]],
-    total: int | None,
-    progress: bool = True,
-) -> int:
-    """Send `events` through `producer` with a progress bar, then flush; return how many."""
-    sent = 0
-    for envelope in tqdm(events, total=total, unit="event", disable=not progress):
-        producer.send_envelope(envelope)
-        sent += 1
-    producer.flush()
-    return sent
