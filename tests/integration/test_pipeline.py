@@ -15,10 +15,14 @@ from typing import Any
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaProducer
 
+from api.app import create_app
 from events import topics
+from events.producer import TouchpointProducer
 from infra.broker import EmbeddedBroker
+from infra.settings import Settings
 from tests.integration.helpers import ROOT, Service, query, wait_until
 
 pytestmark = pytest.mark.integration
@@ -230,3 +234,34 @@ def test_replay_rebuilds_a_read_model_identical_to_the_live_one(
 
     assert query(dsn, snapshot, (prefix + "%",)) == live
     assert_views_match(dsn, prefix, messages)
+
+
+def test_sdk_events_reach_the_360_api_with_the_figures_computed_from_what_was_sent(
+    broker: EmbeddedBroker, env: dict[str, str], pipeline: dict[str, Service], tmp_path: Path
+) -> None:
+    prefix = f"s{uuid.uuid4().hex[:6]}-"
+    messages = history(prefix, customers=30, events=1_500, seed=5)
+    dsn = env["DATABASE_URL"]
+    with TouchpointProducer(broker.bootstrap, source="test", spool_dir=tmp_path) as sdk:
+        for m in messages:
+            sdk.send_envelope(m)
+        assert sdk.flush(timeout=60) == 0
+    wait_until(fully_projected(dsn, prefix, messages), timeout=120, what="all",
+               log=logs(pipeline))  # fmt: skip
+
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, DATABASE_URL=dsn)
+    with TestClient(create_app(settings)) as api:
+        for customer, want in expected_views(messages).items():
+            answer = api.get(f"/customers/{customer}")
+            assert answer.status_code == 200, answer.text
+            doc = answer.json()
+            assert doc["touchpoints"]["total"] == want["total"]
+            assert doc["touchpoints"]["by_type"] == dict(want["by_type"])
+            assert doc["purchases"]["count"] == want["purchases"]
+            spent = {c: Decimal(v) for c, v in doc["purchases"]["total_spent"].items()}
+            assert spent == dict(want["spent"])
+            assert doc["complaints"] == {"open": len(want["open"]), "total": want["filed"]}
+            sent = [m for m in messages if m["customer_id"] == customer]
+            newest = sorted(sent, key=lambda m: m["occurred_at"])[-1]["occurred_at"]
+            assert doc["touchpoints"]["last_at"] == newest
+        assert api.get(f"/customers/{prefix}nobody").status_code == 404

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -11,9 +12,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from events import topics
+from events.producer import Item, TouchpointProducer
 from infra.broker import EmbeddedBroker
 from tests.integration.helpers import Service, query, recorded_ids, running, wait_until
-from tests.unit.examples import envelope
+from tests.unit.examples import VALID_PAYLOADS, envelope
 
 pytestmark = pytest.mark.integration
 
@@ -259,3 +261,30 @@ def test_recording_stays_correct_when_the_broker_restarts_empty(
     total = query(dsn, "SELECT count(*) FROM crm_events WHERE originator_id LIKE %s",
                   (prefix + "%",))[0][0]  # fmt: skip
     assert total == 2_000
+
+
+def test_every_catalog_type_sent_through_the_sdk_is_recorded_as_sent(
+    broker: EmbeddedBroker, recorder_env: dict[str, str], prefix: str, tmp_path: Path
+) -> None:
+    customer = f"{prefix}sdk"
+    dsn = recorder_env["DATABASE_URL"]
+    with running("services.recorder", recorder_env, tmp_path / "recorder.log") as recorder:
+        with TouchpointProducer(broker.bootstrap, source="sales", spool_dir=tmp_path) as sdk:
+            ids = {type_: sdk.send(type_, customer, payload)
+                   for type_, payload in VALID_PAYLOADS.items()}  # fmt: skip
+            ids["typed"] = sdk.purchase_made(
+                customer, order_id="O-9", items=[Item(sku="KB-01", quantity=2,
+                unit_price=Decimal("49.95"))], total=Decimal("99.90"), currency="EUR",
+            )  # fmt: skip
+            assert sdk.flush(timeout=30) == 0
+        wait_until(lambda: len(recorded_ids(dsn, prefix)) == len(ids), timeout=60,
+                   what="every type", log=recorder.log)  # fmt: skip
+
+    recorded = {e["event_id"]: e for _, _, e in stream(dsn, customer)}
+    for type_, payload in VALID_PAYLOADS.items():
+        stored = recorded[ids[type_]]
+        assert (stored["type"], stored["payload"], stored["source"]) == (type_, payload, "sales")
+    assert recorded[ids["typed"]]["payload"] == {
+        "order_id": "O-9", "items": [{"sku": "KB-01", "quantity": 2, "unit_price": "49.95"}],
+        "total": "99.90", "currency": "EUR",
+    }  # fmt: skip
