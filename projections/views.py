@@ -44,10 +44,12 @@ class CustomerView(Generic[S]):
         )
 
     def upsert_sql(self) -> str:
-        """Write views; a row already at a higher version (another instance) is kept."""
+        """Write views; a row already at a higher version (another instance) is kept.
+
+        Binary parameters (%b): no text escaping of the JSON documents."""
         return (
             f"INSERT INTO {self.table} AS t (customer_id, version, position, doc) "
-            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+            "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::jsonb[]) "
             "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, "
             "position = excluded.position, doc = excluded.doc, updated_at = now() "
             "WHERE t.version < excluded.version"

@@ -21,14 +21,15 @@ from typing import Any
 
 import faust
 import orjson
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from events import topics
 from events.envelope import validate_envelope
-from infra.eventstore import EVENTS_TABLE, EventStore
+from infra.eventstore import EVENTS_TABLE, SCHEMA_LOCK, EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.customer_360 import CUSTOMER_360
@@ -36,6 +37,9 @@ from projections.recorded import RecordedEvent, decode_recorded
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView
 
 log = logging.getLogger("crm.projector")
+
+FETCH_MAX_WAIT_MS = 50
+set_json_loads(orjson.loads)  # read-model documents come back through orjson
 
 VIEWS: dict[str, CustomerView[Any]] = {view.name: view for view in (CUSTOMER_360,)}
 BATCH = 1000
@@ -53,7 +57,8 @@ class Projector:
 
     async def create_tables(self) -> None:
         await self.pool.open()
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             await conn.execute(PROGRESS_SQL)
             for view in self.views:
                 await conn.execute(view.create_sql())
@@ -134,6 +139,21 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust lets a fetch wait up to 1.5 s for data (hard-coded); the embedded broker does not
+    answer a waiting fetch early when data arrives, so events would sit there. Ask every 50 ms."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher at start
+        return consumer
+
+
+class _PromptConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _PromptConsumerThread:
+        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 def make_app(settings: Settings, projector: Projector) -> faust.App:
     """The faust app: one agent on crm.events, batching, concurrency 1."""
     app = faust.App(
@@ -149,6 +169,7 @@ def make_app(settings: Settings, projector: Projector) -> faust.App:
         web_enabled=False,
         producer_acks=-1,
     )
+    app.transport.Consumer = _PromptConsumer
     source = app.topic(topics.EVENTS, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, concurrency=1)

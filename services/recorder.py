@@ -224,6 +224,7 @@ def main() -> None:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_records=settings.recorder_batch_size,
+        fetch_max_wait_ms=50,  # the embedded broker does not answer a waiting fetch early
         allow_auto_create_topics=False,
     )
     producer = all_topics_metadata(
