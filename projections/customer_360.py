@@ -19,7 +19,7 @@ customer "version" of each recent item (the tie-break between equal `occurred_at
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -60,6 +60,7 @@ class RecentItem:
     occurred_at: datetime
     version: int
     summary: str
+    occurred_at_text: str = ""  # occurred_at as written in the document (rendered once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def apply(view: Customer360 | None, event: RecordedEvent) -> Customer360:
         raise VersionGap(view.customer_id, view.version + 1, event.version)
     at = envelope.occurred_at
     summary = _shorten(_SUMMARIES[envelope.type](envelope.payload))
-    item = RecentItem(envelope.event_id, envelope.type, at, event.version, summary)
+    item = RecentItem(envelope.event_id, envelope.type, at, event.version, summary, rfc3339(at))
     counted = replace(
         view,
         version=event.version,
@@ -131,7 +132,12 @@ def to_json(view: Customer360) -> dict[str, Any]:
         "customer_id": view.customer_id,
         "version": view.version,
         "position": view.position,
-        "profile": asdict(view.profile),
+        "profile": {
+            "name": view.profile.name,
+            "email": view.profile.email,
+            "phone": view.profile.phone,
+            "address": view.profile.address,
+        },
         "touchpoints": {
             "total": view.total_touchpoints,
             "by_type": dict(sorted(view.by_type.items())),
@@ -148,7 +154,7 @@ def to_json(view: Customer360) -> dict[str, Any]:
             {
                 "event_id": r.event_id,
                 "type": r.type,
-                "occurred_at": rfc3339(r.occurred_at),
+                "occurred_at": r.occurred_at_text or rfc3339(r.occurred_at),
                 "summary": r.summary,
                 "version": r.version,
             }
@@ -181,6 +187,7 @@ def from_json(doc: dict[str, Any]) -> Customer360:
                 datetime.fromisoformat(r["occurred_at"]),
                 r["version"],
                 r["summary"],
+                r["occurred_at"],
             )
             for r in doc["recent"]
         ),
