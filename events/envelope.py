@@ -18,18 +18,16 @@ CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _UUID = re.compile(UUID_PATTERN)
-_FIELDS = frozenset(
-    {
-        "event_id",
-        "type",
-        "schema_version",
-        "customer_id",
-        "occurred_at",
-        "source",
-        "payload",
-        "correlation_id",
-    }
+REQUIRED_FIELDS = (
+    "event_id",
+    "type",
+    "schema_version",
+    "customer_id",
+    "occurred_at",
+    "source",
+    "payload",
 )
+_FIELDS = frozenset({*REQUIRED_FIELDS, "correlation_id"})
 
 
 @dataclass(frozen=True, slots=True)

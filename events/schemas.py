@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from events.catalog import CATALOG, Catalog, EventSchema
-from events.envelope import CUSTOMER_ID_PATTERN, UUID_PATTERN
+from events.envelope import CUSTOMER_ID_PATTERN, REQUIRED_FIELDS, UUID_PATTERN
 from events.fields import JsonSchema, object_schema
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
@@ -23,15 +23,7 @@ def envelope_schema(schema: EventSchema) -> JsonSchema:
         "description": schema.description,
         "type": "object",
         "additionalProperties": False,
-        "required": [
-            "event_id",
-            "type",
-            "schema_version",
-            "customer_id",
-            "occurred_at",
-            "source",
-            "payload",
-        ],
+        "required": list(REQUIRED_FIELDS),
         "properties": {
             "event_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
             "type": {"const": schema.type},
