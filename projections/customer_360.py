@@ -372,3 +372,14 @@ def _time_text(moment: datetime | None) -> str | None:
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+PUBLIC_FIELDS = (
+    "customer_id", "version", "position", "profile", "touchpoints", "purchases", "complaints",
+    "recent",
+)  # fmt: skip
+
+
+def public_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The stored document as the API shows it: documented key order, no internal state."""
+    return {key: doc[key] for key in PUBLIC_FIELDS}

@@ -21,15 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ReadPool, Store
 from events.envelope import CUSTOMER_ID_PATTERN, validate_envelope
 from infra.eventstore import EventStore
-from projections.customer_360 import CUSTOMER_360
+from projections.customer_360 import CUSTOMER_360, public_document
 from projections.recorded import rfc3339
 
-INTERNAL_FIELDS = ["open_complaint_ids"]
-"""Parts of the stored 360 document that only the projector needs."""
 MAX_PAGE = 500
 
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
-_DOCUMENT_SQL = f"SELECT (doc - %s::text[])::text FROM {CUSTOMER_360.table} WHERE customer_id = %s"
+# Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
+_DOCUMENT_SQL = f"SELECT doc::text FROM {CUSTOMER_360.table} WHERE customer_id = %s"
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -144,7 +143,7 @@ async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) ->
     _check_customer_id(customer_id)
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(_DOCUMENT_SQL, (INTERNAL_FIELDS, customer_id))
+            cursor = await conn.execute(_DOCUMENT_SQL, (customer_id,))
             row = await cursor.fetchone()
     except UndefinedTable:  # the projector creates its tables with its first batch
         row = None
@@ -156,7 +155,8 @@ async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) ->
             else _unknown(customer_id)
         )
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail)
-    return Response(row[0].encode(), media_type="application/json")
+    document = public_document(orjson.loads(row[0]))
+    return Response(orjson.dumps(document), media_type="application/json")
 
 
 @router.get(
