@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,7 +13,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
-    mode: Literal["embedded", "production"] = "embedded"
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
