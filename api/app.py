@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.openapi import add_touchpoint_schemas
 from api.producer import LazyProducer
 from api.routes import customers, events, health
-from api.routes.health import PROJECTOR_GROUP, ConsumerLag
+from api.routes.health import ConsumerLag
 from events.topics import EVENTS, TOUCHPOINTS
 from infra.eventstore import EventStore
 from infra.settings import Settings
@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await read_pool.open(wait=False)
         store = EventStore(settings.dsn, pool_size=4)
-        groups = {settings.recorder_group: TOUCHPOINTS, PROJECTOR_GROUP: EVENTS}
+        groups = {settings.recorder_group: TOUCHPOINTS, settings.projector_group: EVENTS}
         consumer_lag = ConsumerLag(settings.bootstrap, groups)
         state = {
             "settings": settings,

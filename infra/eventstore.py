@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow
 
+from events import topics
 from events.codec import encode
 from events.envelope import Envelope
 
@@ -24,6 +25,12 @@ TRACKING_TABLE = "crm_tracking"
 INTAKE_TABLE = "crm_intake"
 _CONFLICT_RETRIES = 5
 SCHEMA_LOCK = 7_310_001  # advisory lock id serializing schema changes
+RELAY_TRACKING_PREFIX = f"relay:{topics.EVENTS}:"
+
+
+def relay_tracking_name(topic_id: str | None) -> str:
+    """Tracking name of the relay's last published position, per incarnation of crm.events."""
+    return f"{RELAY_TRACKING_PREFIX}{topic_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,19 +186,6 @@ class EventStore:
     def read(self, after: int, limit: int) -> Sequence[Notification]:
         """Events after global position `after`, in position order."""
         return self.recorder.select_notifications(after, limit, inclusive_of_start=False)
-
-    def read_stream(
-        self, customer_id: str, *, after_version: int = 0, before_version: int | None = None
-    ) -> list[tuple[int, int, bytes]]:
-        """(version, position, state) of a customer's events in version order, in a range."""
-        rows = self._query(
-            f"SELECT originator_version AS v, notification_id AS p, state FROM {EVENTS_TABLE} "
-            "WHERE originator_id = %s AND originator_version > %s "
-            "AND (%s::bigint IS NULL OR originator_version < %s::bigint) "
-            "ORDER BY originator_version",
-            (customer_id, after_version, before_version, before_version),
-        )
-        return [(row["v"], row["p"], bytes(row["state"])) for row in rows]
 
     def timeline(
         self, customer_id: str, *, limit: int, before: int | None = None

@@ -57,6 +57,12 @@ def decode_recorded(raw: bytes, catalog: Catalog = CATALOG) -> RecordedEvent:
     return from_wire(data, catalog)
 
 
+def from_store(state: bytes, *, position: int, version: int) -> RecordedEvent:
+    """An event as the event store keeps it (the envelope as written), upcast."""
+    envelope = validate_envelope(orjson.loads(state)).upcast()
+    return RecordedEvent(position=position, version=version, envelope=envelope)
+
+
 def encode_recorded(event: RecordedEvent) -> bytes:
     return orjson.dumps(to_wire(event))
 

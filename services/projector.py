@@ -28,12 +28,11 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from events import topics
-from events.envelope import validate_envelope
 from infra.eventstore import EVENTS_TABLE, SCHEMA_LOCK, EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.customer_360 import CUSTOMER_360
-from projections.recorded import RecordedEvent, decode_recorded
+from projections.recorded import RecordedEvent, decode_recorded, from_store
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView
 
 log = logging.getLogger("crm.projector")
@@ -124,15 +123,10 @@ async def _read_gap(
         "ORDER BY originator_version",
         (customer_id, after, before),
     )
-    gap = [_from_store(v, p, bytes(s)) for v, p, s in await cursor.fetchall()]
+    gap = [from_store(bytes(s), position=p, version=v) for v, p, s in await cursor.fetchall()]
     log.warning("event=gap_filled customer_id=%s after=%d before=%d filled=%d",
                 customer_id, after, before, len(gap))  # fmt: skip
     return gap
-
-
-def _from_store(version: int, position: int, state: bytes) -> RecordedEvent:
-    envelope = validate_envelope(orjson.loads(state)).upcast()
-    return RecordedEvent(position=position, version=version, envelope=envelope)
 
 
 def _dumps(value: Any) -> str:
@@ -195,7 +189,9 @@ async def replay(settings: Settings, names: Iterable[str]) -> int:
         await projector.create_tables()
         position = total = 0
         while batch := store.read(position, REPLAY_PAGE):
-            events = [_from_store(n.originator_version, n.id, n.state) for n in batch]
+            events = [
+                from_store(n.state, position=n.id, version=n.originator_version) for n in batch
+            ]
             await projector.apply(events, progress_name="replay")
             position, total = batch[-1].id, total + len(batch)
     store.close()

@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 
 from events import topics
 from events.metadata import all_topics_metadata
-from infra.eventstore import EventStore
+from infra.eventstore import EventStore, relay_tracking_name
 from infra.logs import configure_logging
 from infra.settings import Settings
 
@@ -77,12 +77,12 @@ class Relay:
                     topic_id, position = self._resume_point()
                     continue
                 position = batch[-1].id
-                self.store.track(_tracking_name(topic_id), position)
+                self.store.track(relay_tracking_name(topic_id), position)
         log.info("event=stopped position=%d", position)
 
     def _resume_point(self) -> tuple[str | None, int]:
         topic_id = self._topic_id()
-        position = self.store.tracked(_tracking_name(topic_id)) or 0
+        position = self.store.tracked(relay_tracking_name(topic_id)) or 0
         log.info("event=resume topic_id=%s after_position=%d", topic_id, position)
         return topic_id, position
 
@@ -102,10 +102,6 @@ class Relay:
         self.producer.partitions_for(topics.EVENTS)
         topic_id = self.producer._metadata.topic_id(topics.EVENTS)
         return None if topic_id is None else str(topic_id)
-
-
-def _tracking_name(topic_id: str | None) -> str:
-    return f"relay:{topics.EVENTS}:{topic_id}"
 
 
 def main() -> None:

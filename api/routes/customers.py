@@ -19,10 +19,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ReadPool, Store
-from events.envelope import CUSTOMER_ID_PATTERN, validate_envelope
+from events.envelope import CUSTOMER_ID_PATTERN
 from infra.eventstore import EventStore
 from projections.customer_360 import CUSTOMER_360, public_document
-from projections.recorded import rfc3339
+from projections.recorded import from_store, rfc3339
 
 MAX_PAGE = 500
 
@@ -204,7 +204,7 @@ def _is_recorded(store: EventStore, customer_id: str) -> bool:
 
 
 def _timeline_event(version: int, position: int, state: bytes) -> dict[str, Any]:
-    envelope = validate_envelope(orjson.loads(state)).upcast()
+    envelope = from_store(state, position=position, version=version).envelope
     return {
         "position": position,
         "version": version,

@@ -23,15 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Pool, Producer
 from api.producer import BrokerUnavailable, LazyProducer
 from events import topics
-from infra.eventstore import EVENTS_TABLE, TRACKING_TABLE
+from infra.eventstore import EVENTS_TABLE, RELAY_TRACKING_PREFIX, TRACKING_TABLE
 from projections.views import PROGRESS_TABLE
 
 DB_TIMEOUT_S = 2.0
 ADMIN_TIMEOUT_MS = 1000
-PROJECTOR_GROUP = "crm-projector"
-"""The faust app id of services/projector.py, which is its consumer group."""
-RELAY_PREFIX = f"relay:{topics.EVENTS}:"
-"""Tracking names of the relay, one per incarnation (topic id) of crm.events; see services/relay."""
 LIVE_PROGRESS = "live"
 
 router = APIRouter(tags=["health"])
@@ -219,7 +215,7 @@ class StorePositions:
         if topic_id is None:
             relayed = max(self.relayed.values(), default=0)
         else:
-            relayed = self.relayed.get(RELAY_PREFIX + topic_id, 0)
+            relayed = self.relayed.get(RELAY_TRACKING_PREFIX + topic_id, 0)
         return Pipeline(
             event_store_position=self.stored,
             relayed_position=relayed,
@@ -253,7 +249,7 @@ def _store_positions(conn: Connection[TupleRow]) -> StorePositions:
     stored, relayed, projected = 0, {}, 0
     if has_store:
         (stored,) = _one(conn, _STORED_SQL)
-        relayed = dict(conn.execute(_RELAYED_SQL, (RELAY_PREFIX,)).fetchall())
+        relayed = dict(conn.execute(_RELAYED_SQL, (RELAY_TRACKING_PREFIX,)).fetchall())
     if has_progress:
         (projected,) = _one(conn, _PROJECTED_SQL, (LIVE_PROGRESS,))
     return StorePositions(stored, relayed, projected)
