@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.openapi import add_touchpoint_schemas
 from api.producer import LazyProducer
-from api.routes import customers, events, health
+from api.routes import balances, customers, events, health
 from api.routes.health import ConsumerLag
 from events.topics import EVENTS, TOUCHPOINTS
 from infra.eventstore import EventStore
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="CRM platform", lifespan=lifespan)
     app.include_router(events.router)
     app.include_router(customers.router)
+    app.include_router(balances.router)
     app.include_router(health.router)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PersistenceOperationalError, _database_unavailable)

@@ -238,7 +238,7 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "DATABASE_URL": self.postgres.url,
             "CRM_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-            "CRM_LOG_LEVEL": "WARNING",
+            "CRM_LOG_LEVEL": os.environ.get("CRM_LOG_LEVEL", "WARNING"),
             "CRM_API_HOST": "127.0.0.1",
             "CRM_API_PORT": str(self.api_port),
             "CRM_DATA_DIR": str(self.workdir / "var"),

@@ -28,9 +28,9 @@ SCHEMA_LOCK = 7_310_001  # advisory lock id serializing schema changes
 RELAY_TRACKING_PREFIX = f"relay:{topics.EVENTS}:"
 
 
-def relay_tracking_name(topic_id: str | None) -> str:
-    """Tracking name of the relay's last published position, per incarnation of crm.events."""
-    return f"{RELAY_TRACKING_PREFIX}{topic_id}"
+def relay_tracking_name(topic_id: str | None, topic: str = topics.EVENTS) -> str:
+    """Tracking name of the relay's last published position, per incarnation of a topic."""
+    return f"relay:{topic}:{topic_id}"
 
 
 @dataclass(frozen=True, slots=True)

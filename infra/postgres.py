@@ -72,6 +72,10 @@ class EmbeddedPostgres(ChildServer):
                     "-h", HOST,
                     "-p", str(self.port),
                     "-k", socket_dir,
+                    # The recorder's inserts lock crm_events (eventsourcing serializes writers),
+                    # and autovacuum holds a conflicting lock: PostgreSQL cancels autovacuum only
+                    # after deadlock_timeout, 1 s by default, while intake waits.
+                    "-c", "deadlock_timeout=100ms",
                 ],
                 output=output,
                 death_signal=signal.SIGINT,  # fast shutdown

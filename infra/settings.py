@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     recorder_batch_size: int = Field(default=2000, ge=1)
     recorder_group: str = "crm-recorder"
     projector_group: str = "crm-projector"
+    # Customers whose folded views the projector keeps in memory, per read model.
+    projector_cache_size: int = Field(default=100_000, ge=0)
+    # How often the projector looks for invoices that went past their due date unpaid.
+    overdue_scan_seconds: float = Field(default=60.0, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

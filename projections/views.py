@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from projections.alerts import Alert
 from projections.recorded import RecordedEvent
 
 S = TypeVar("S")
@@ -19,12 +21,16 @@ PROGRESS_TABLE = "rm_progress"
 
 @dataclass(frozen=True, slots=True)
 class CustomerView(Generic[S]):
-    """A read model keyed by customer: `apply` folds one event into the state (None at first)."""
+    """A read model keyed by customer: `apply` folds one event into the state (None at first).
+
+    `alerts(before, after, now)`, if given, returns the alerts that the change from `before` to
+    `after` raises; the projector logs them in the transaction that writes `after`."""
 
     name: str
     apply: Callable[[S | None, RecordedEvent], S]
     to_json: Callable[[S], dict[str, Any]]
     from_json: Callable[[dict[str, Any]], S]
+    alerts: Callable[[S | None, S, datetime], list[Alert]] | None = None
 
     @property
     def table(self) -> str:
@@ -37,10 +43,10 @@ class CustomerView(Generic[S]):
             "doc jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
         )
 
-    def select_for_update_sql(self) -> str:
+    def select_many_sql(self) -> str:
         return (
-            f"SELECT customer_id, version, doc FROM {self.table} "
-            "WHERE customer_id = ANY(%s::text[]) ORDER BY customer_id FOR UPDATE"
+            f"SELECT customer_id, version, position, doc FROM {self.table} "
+            "WHERE customer_id = ANY(%s::text[])"
         )
 
     def upsert_sql(self) -> str:

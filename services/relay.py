@@ -1,12 +1,17 @@
-"""Relay: publishes every event of the event store, in position order, to crm.events.
+"""Relay: publishes the outboxes of PostgreSQL to Kafka, each in its own order.
 
-Each message is the recorded envelope plus its global `position` and customer `version`, keyed by
-customer id. At least once: the last published position is tracked in PostgreSQL only after the
+- The event store → crm.events: every recorded envelope plus its global `position` and customer
+  `version`, keyed by customer id, in position order.
+- The alert log (crm_alerts, written by the projector) → crm.alerts: every alert document, keyed
+  by customer id, in the order it was logged.
+
+At least once: the last published position of each outbox is tracked in PostgreSQL only after the
 broker acknowledged it, per incarnation of the topic (its topic id), so after a crash the relay
 resumes where it was, and when the topic is recreated (the embedded broker restarted empty) it
-publishes everything again. Consumers skip what they already applied by customer version.
+publishes everything again. Consumers skip what they already have (customer version, alert_id).
 
-New events are noticed through PostgreSQL LISTEN/NOTIFY, not by slow polling.
+New rows are noticed through PostgreSQL LISTEN/NOTIFY, not by slow polling. Each outbox runs in its
+own thread with its own producer.
 
 Run it with `python -m services.relay` (the `crm up` supervisor does).
 """
@@ -16,24 +21,48 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import NamedTuple, Protocol
 
 import orjson
+import psycopg
 from eventsourcing.persistence import Notification
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from psycopg import sql
 
 from events import topics
 from events.metadata import all_topics_metadata
 from infra.eventstore import EventStore, relay_tracking_name
 from infra.logs import configure_logging
 from infra.settings import Settings
+from projections.alerts import ALERTS_CHANNEL, CREATE_ALERTS_SQL, SELECT_ALERTS_AFTER_SQL
 
 log = logging.getLogger("crm.relay")
 
 BATCH = 2000
 _IDLE_WAIT_S = 1.0
 _ACK_TIMEOUT_S = 30.0
+
+Waiter = Callable[[float], None]
+"""Waits up to the given seconds for the outbox to get new rows."""
+
+
+class OutboxMessage(NamedTuple):
+    position: int
+    key: bytes
+    value: bytes
+
+
+class Outbox(Protocol):
+    """Rows to publish to `topic`, in the order of a position that only grows."""
+
+    topic: str
+
+    def read(self, after: int, limit: int) -> Sequence[OutboxMessage]: ...
+
+    def new_rows(self) -> AbstractContextManager[Waiter]: ...
 
 
 def relay_message(notification: Notification) -> tuple[bytes, bytes]:
@@ -44,10 +73,58 @@ def relay_message(notification: Notification) -> tuple[bytes, bytes]:
     return str(notification.originator_id).encode(), orjson.dumps(data)
 
 
-class Relay:
-    """The read → publish → track loop. Dependencies are passed in (see `main`)."""
+class EventOutbox:
+    """The event store's notification log, published to crm.events."""
 
-    def __init__(self, store: EventStore, new_producer: Callable[[], KafkaProducer]) -> None:
+    topic = topics.EVENTS
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    def read(self, after: int, limit: int) -> list[OutboxMessage]:
+        return [
+            OutboxMessage(notification.id, *relay_message(notification))
+            for notification in self.store.read(after, limit)
+        ]
+
+    def new_rows(self) -> AbstractContextManager[Waiter]:
+        return self.store.new_events()
+
+
+class AlertOutbox:
+    """The alert log (crm_alerts), published to crm.alerts."""
+
+    topic = topics.ALERTS
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(CREATE_ALERTS_SQL)
+
+    def read(self, after: int, limit: int) -> list[OutboxMessage]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(SELECT_ALERTS_AFTER_SQL, (after, limit)).fetchall()
+        return [OutboxMessage(seq, key.encode(), orjson.dumps(doc)) for seq, key, doc in rows]
+
+    @contextmanager
+    def new_rows(self) -> Iterator[Waiter]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ALERTS_CHANNEL)))
+
+            def wait(timeout: float) -> None:
+                for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    pass
+
+            yield wait
+
+
+class Relay:
+    """The read → publish → track loop of one outbox. Dependencies are passed in (see `main`)."""
+
+    def __init__(
+        self, outbox: Outbox, store: EventStore, new_producer: Callable[[], KafkaProducer]
+    ) -> None:
+        self.outbox = outbox
         self.store = store
         self.new_producer = new_producer
         self.producer = new_producer()
@@ -57,11 +134,11 @@ class Relay:
 
     def run(self, stop: threading.Event) -> None:
         topic_id, position = self._resume_point()
-        with self.store.new_events() as wait_for_new:
+        with self.outbox.new_rows() as wait_for_new:
             while not stop.is_set():
                 if self._topic_id() != topic_id:  # recreated topic: publish everything again
                     topic_id, position = self._resume_point()
-                batch = self.store.read(position, BATCH)
+                batch = self.outbox.read(position, BATCH)
                 if not batch:
                     wait_for_new(_IDLE_WAIT_S)
                     continue
@@ -70,37 +147,38 @@ class Relay:
                 except KafkaError as error:
                     # A restarted broker forgets idempotent producers: start afresh and resume
                     # from the last acknowledged position.
-                    log.warning("event=publish_failed error=%r action=reconnect", error)
+                    log.warning("event=publish_failed topic=%s error=%r action=reconnect",
+                                self.outbox.topic, error)  # fmt: skip
                     self.producer.close(timeout=0)
                     self.producer = self.new_producer()
                     stop.wait(_IDLE_WAIT_S)
                     topic_id, position = self._resume_point()
                     continue
-                position = batch[-1].id
-                self.store.track(relay_tracking_name(topic_id), position)
-        log.info("event=stopped position=%d", position)
+                position = batch[-1].position
+                self.store.track(relay_tracking_name(topic_id, self.outbox.topic), position)
+        log.info("event=stopped topic=%s position=%d", self.outbox.topic, position)
 
     def _resume_point(self) -> tuple[str | None, int]:
         topic_id = self._topic_id()
-        position = self.store.tracked(relay_tracking_name(topic_id)) or 0
-        log.info("event=resume topic_id=%s after_position=%d", topic_id, position)
+        position = self.store.tracked(relay_tracking_name(topic_id, self.outbox.topic)) or 0
+        log.info("event=resume topic=%s topic_id=%s after_position=%d",
+                 self.outbox.topic, topic_id, position)  # fmt: skip
         return topic_id, position
 
-    def publish(self, batch: Sequence[Notification]) -> None:
+    def publish(self, batch: Sequence[OutboxMessage]) -> None:
         """Send the batch and wait until the broker acknowledged every message."""
-        futures = [
-            self.producer.send(topics.EVENTS, key=key, value=value)
-            for key, value in map(relay_message, batch)
-        ]
+        topic = self.outbox.topic
+        futures = [self.producer.send(topic, key=m.key, value=m.value) for m in batch]
         self.producer.flush(timeout=_ACK_TIMEOUT_S)
         for future in futures:
             future.get(timeout=0)
-        log.debug("event=published count=%d last_position=%d", len(batch), batch[-1].id)
+        log.debug("event=published topic=%s count=%d last_position=%d",
+                  topic, len(batch), batch[-1].position)  # fmt: skip
 
     def _topic_id(self) -> str | None:
         # kafka-python keeps the topic ids of its metadata on the producer's cluster object.
-        self.producer.partitions_for(topics.EVENTS)
-        topic_id = self.producer._metadata.topic_id(topics.EVENTS)
+        self.producer.partitions_for(self.outbox.topic)
+        topic_id = self.producer._metadata.topic_id(self.outbox.topic)
         return None if topic_id is None else str(topic_id)
 
 
@@ -128,12 +206,36 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    relay = Relay(store, new_producer)
+    relays = [
+        Relay(EventOutbox(store), store, new_producer),
+        Relay(AlertOutbox(settings.dsn), store, new_producer),
+    ]
+    failed: list[str] = []
+    threads = [
+        threading.Thread(target=_run, args=(relay, stop, failed), name=relay.outbox.topic)
+        for relay in relays
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        for relay in relays:
+            relay.close()
+        store.close()
+    if failed:
+        raise SystemExit(f"relay failed: {', '.join(failed)}")
+
+
+def _run(relay: Relay, stop: threading.Event, failed: list[str]) -> None:
+    """Run one relay; if it fails, stop the others too so the supervisor restarts the process."""
     try:
         relay.run(stop)
-    finally:
-        relay.close()
-        store.close()
+    except Exception:
+        log.exception("event=relay_failed topic=%s", relay.outbox.topic)
+        failed.append(relay.outbox.topic)
+        stop.set()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""GET /customers/{customer_id}: the customer 360 from its read model, and
+"""GET /customers/{customer_id}: the customer 360 from its read models, and
 GET /customers/{customer_id}/timeline: the customer's recorded events, newest first.
 
 The 360 document is sent as the JSONB text PostgreSQL returns, without parsing it: the models
@@ -8,19 +8,22 @@ below document its shape in OpenAPI, they do not check it on every request.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from psycopg.errors import UndefinedTable
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ReadPool, Store
 from events.envelope import CUSTOMER_ID_PATTERN
 from infra.eventstore import EventStore
+from projections.balance import BALANCE, Balance, summary
+from projections.balance import from_json as balance_from_json
 from projections.customer_360 import CUSTOMER_360, public_document
 from projections.recorded import from_store, rfc3339
 
@@ -28,7 +31,10 @@ MAX_PAGE = 500
 
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
-_DOCUMENT_SQL = f"SELECT doc::text FROM {CUSTOMER_360.table} WHERE customer_id = %s"
+_DOCUMENT_SQL = (
+    f"SELECT c.doc::text, b.doc::text FROM {CUSTOMER_360.table} c "
+    f"LEFT JOIN {BALANCE.table} b USING (customer_id) WHERE c.customer_id = %s"
+)
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -72,6 +78,16 @@ class RecentTouchpoint(BaseModel):
     version: int
 
 
+class BalanceSummary(BaseModel):
+    """What the customer owes today, per currency, and their credit (null without terms)."""
+
+    outstanding: dict[str, Money] = Field(description="invoiced - paid - refunded; < 0: credit")
+    overdue: dict[str, Money] = Field(description="outstanding on invoices past their due date")
+    credit_limit: Money | None
+    available_credit: Money | None = Field(description="credit limit - outstanding")
+    currency: str | None = Field(description="currency of the credit limit")
+
+
 class Customer360(BaseModel):
     """The customer 360 ("screen pop") after the customer's events up to `version` (its
     global `position` in the event store)."""
@@ -84,6 +100,7 @@ class Customer360(BaseModel):
     purchases: Purchases
     complaints: Complaints
     recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
+    balance: BalanceSummary = Field(description="see GET /customers/{customer_id}/balance")
 
 
 class TimelineEvent(BaseModel):
@@ -122,7 +139,7 @@ CustomerId = Annotated[
         examples=["C-0042"],
     ),
 ]
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "Unknown customer, or not in the view yet"},
     422: {
         "description": "Malformed customer id (a `detail` message) or query parameter "
@@ -136,34 +153,47 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/{customer_id}",
     response_class=JSONResponse,
     summary="Customer 360",
-    responses={200: {"model": Customer360, "description": "The 360 document"}, **_ERRORS},
+    responses={200: {"model": Customer360, "description": "The 360 document"}, **ERRORS},
 )
 async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
-    """The customer 360 as the projector last wrote it (one indexed lookup)."""
-    _check_customer_id(customer_id)
+    """The customer 360 as the projector last wrote it, with the balance as of today (UTC)."""
+    check_customer_id(customer_id)
+    row = await fetch_row(pool, _DOCUMENT_SQL, customer_id)
+    if row is None:
+        raise await not_found(store, customer_id)
+    document = public_document(orjson.loads(row[0]))
+    balance = balance_from_json(orjson.loads(row[1])) if row[1] else Balance(customer_id)
+    document["balance"] = summary(balance, datetime.now(UTC).date())
+    return Response(orjson.dumps(document), media_type="application/json")
+
+
+async def fetch_row(pool: AsyncConnectionPool[Any], query: str, customer_id: str) -> Any:
+    """The one row of a read model for a customer, or None (also before the projector has
+    created its tables with its first batch)."""
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(_DOCUMENT_SQL, (customer_id,))
-            row = await cursor.fetchone()
-    except UndefinedTable:  # the projector creates its tables with its first batch
-        row = None
-    if row is None:
-        recorded = await run_in_threadpool(_is_recorded, store, customer_id)
-        detail = (
-            f"customer {customer_id} is recorded but not yet in the view; retry shortly"
-            if recorded
-            else _unknown(customer_id)
-        )
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail)
-    document = public_document(orjson.loads(row[0]))
-    return Response(orjson.dumps(document), media_type="application/json")
+            cursor = await conn.execute(query, (customer_id,))
+            return await cursor.fetchone()
+    except UndefinedTable:
+        return None
+
+
+async def not_found(store: EventStore, customer_id: str) -> HTTPException:
+    """404 for a customer not in a view: unknown, or recorded and not projected yet."""
+    recorded = await run_in_threadpool(_is_recorded, store, customer_id)
+    detail = (
+        f"customer {customer_id} is recorded but not yet in the view; retry shortly"
+        if recorded
+        else _unknown(customer_id)
+    )
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail)
 
 
 @router.get(
     "/{customer_id}/timeline",
     response_class=JSONResponse,
     summary="Customer timeline",
-    responses={200: {"model": Timeline, "description": "A page of events"}, **_ERRORS},
+    responses={200: {"model": Timeline, "description": "A page of events"}, **ERRORS},
 )
 def get_timeline(
     customer_id: CustomerId,
@@ -174,7 +204,7 @@ def get_timeline(
     ] = None,
 ) -> Response:
     """The customer's recorded events from the event store, newest first, `limit` per page."""
-    _check_customer_id(customer_id)
+    check_customer_id(customer_id)
     rows = store.timeline(customer_id, limit=limit + 1, before=before)
     if not rows and (before is None or not _is_recorded(store, customer_id)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _unknown(customer_id))
@@ -187,7 +217,7 @@ def get_timeline(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _check_customer_id(customer_id: str) -> None:
+def check_customer_id(customer_id: str) -> None:
     if not _CUSTOMER_ID.fullmatch(customer_id):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,

@@ -24,7 +24,8 @@ from infra.broker import EmbeddedBroker
 from infra.eventstore import EventStore
 from infra.ports import free_port
 from infra.settings import Settings
-from projections.customer_360 import CUSTOMER_360, fold
+from projections.balance import BALANCE
+from projections.customer_360 import CUSTOMER_360
 from projections.recorded import RecordedEvent
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL
 from tests.unit.examples import VALID_PAYLOADS, envelope
@@ -103,15 +104,17 @@ def setup(fresh_database: str, broker: EmbeddedBroker) -> Setup:
     store.record([validate_envelope(e) for e in sent])
     store.record([validate_envelope(envelope("web.visited", customer_id=LATE))])
     events = recorded(store, CUSTOMER)
-    view = fold(events)
-    assert view is not None
     store.track(f"relay:{EVENTS}:{topic_id(broker.bootstrap, EVENTS)}", 6)
     store.track(f"relay:{EVENTS}:{uuid.uuid4()}", 8)
     store.close()
     with psycopg.connect(fresh_database) as conn:
-        conn.execute(CUSTOMER_360.create_sql())
-        doc = Jsonb(CUSTOMER_360.to_json(view))
-        conn.execute(CUSTOMER_360.upsert_sql(), ([CUSTOMER], [7], [events[-1].position], [doc]))
+        for view in (CUSTOMER_360, BALANCE):
+            state = None
+            for event in events:
+                state = view.apply(state, event)
+            conn.execute(view.create_sql())
+            doc = Jsonb(view.to_json(state))
+            conn.execute(view.upsert_sql(), ([CUSTOMER], [7], [events[-1].position], [doc]))
         conn.execute(PROGRESS_SQL)
         conn.execute(ADVANCE_PROGRESS_SQL, ("live", 7))
         conn.execute(ADVANCE_PROGRESS_SQL, ("replay", 8))
@@ -142,7 +145,7 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     )
     assert list(body) == [  # the documented fields, in the documented order
         "customer_id", "version", "position", "profile", "touchpoints", "purchases",
-        "complaints", "recent",
+        "complaints", "recent", "balance",
     ]  # fmt: skip
     assert (body["customer_id"], body["version"]) == (CUSTOMER, len(world.setup.sent))
     assert body["position"] == world.setup.positions[-1]
@@ -156,6 +159,14 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     assert [r["event_id"] for r in body["recent"]] == [e["event_id"] for e in world.setup.sent][
         ::-1
     ]
+    # no invoice: the refund of a known order is a credit on account
+    assert body["balance"] == {
+        "outstanding": {"EUR": f"-{REFUND['amount']}"},
+        "overdue": {"EUR": "0"},
+        "credit_limit": None,
+        "available_credit": None,
+        "currency": None,
+    }
 
 
 def test_unknown_and_not_yet_projected_customers_are_404(world: World) -> None:

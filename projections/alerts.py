@@ -1,0 +1,132 @@
+"""The alert contract shared by every alert kind on crm.alerts.
+
+`Alert.to_json` writes the message subscribers receive:
+
+    {"alert_id": "5b0c…", "kind": "credit.limit.exceeded", "customer_id": "C-1",
+     "raised_at": "2026-02-01T09:00:00Z",
+     "details": {"outstanding": "5200.00", "limit": "5000", "currency": "EUR"},
+     "suggested_action": "Put new orders on hold and call the customer about payment."}
+
+`alert_id` is a function of (kind, customer_id, episode_key), so an alert raised again for the same
+episode (a replay, a redelivery, a daily re-check) carries the same id and subscribers can drop or
+update it. What an episode is belongs to each kind: the version of the event that started a credit
+excess, an invoice id for an overdue invoice. `details` is JSON-ready: money as decimal strings,
+dates as "YYYY-MM-DD". Constructors of a kind live with the view that detects it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from projections.recorded import rfc3339
+
+ALERT_NAMESPACE = uuid.UUID("11ef527a-f56f-4707-a1f1-b8efd878d3d7")
+"""Fixed forever: changing it would change the id of every alert ever raised."""
+
+CREDIT_LIMIT_EXCEEDED = "credit.limit.exceeded"
+INVOICE_OVERDUE = "invoice.overdue"
+KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE})
+
+
+def alert_id(kind: str, customer_id: str, episode_key: str) -> str:
+    """The id of the alert of `kind` for this customer's episode: a UUID 5, the same every time.
+
+    Kinds and customer ids never contain "|", so the name cannot be read two ways."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{kind}|{customer_id}|{episode_key}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert; `raised_at` must be timezone-aware (it is written in UTC). `details` is never
+    mutated after construction."""
+
+    alert_id: str
+    kind: str
+    customer_id: str
+    raised_at: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+    suggested_action: str = ""
+
+    def __post_init__(self) -> None:
+        if self.raised_at.utcoffset() is None:
+            raise ValueError(f"raised_at must be timezone-aware, got {self.raised_at!r}")
+
+    @classmethod
+    def for_episode(
+        cls,
+        kind: str,
+        customer_id: str,
+        episode_key: str,
+        raised_at: datetime,
+        details: dict[str, Any],
+        suggested_action: str,
+    ) -> Alert:
+        """An alert whose id is derived from its kind, customer and episode."""
+        ident = alert_id(kind, customer_id, episode_key)
+        return cls(ident, kind, customer_id, raised_at, details, suggested_action)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready message described in the module docstring."""
+        return {
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "customer_id": self.customer_id,
+            "raised_at": rfc3339(self.raised_at),
+            "details": self.details,
+            "suggested_action": self.suggested_action,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Alert:
+        """The alert written by `to_json`."""
+        return cls(
+            alert_id=doc["alert_id"],
+            kind=doc["kind"],
+            customer_id=doc["customer_id"],
+            raised_at=datetime.fromisoformat(doc["raised_at"]),
+            details=dict(doc["details"]),
+            suggested_action=doc["suggested_action"],
+        )
+
+
+# --- the alert log in PostgreSQL: outbox of crm.alerts and the history the API reads -----------
+
+ALERTS_TABLE = "crm_alerts"
+ALERTS_CHANNEL = "crm_alerts"
+"""NOTIFY channel: a transaction that logged alerts wakes the relay."""
+
+CREATE_ALERTS_SQL = (
+    f"CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} ("
+    "seq bigserial PRIMARY KEY, alert_id text NOT NULL UNIQUE, kind text NOT NULL, "
+    "customer_id text NOT NULL, raised_at timestamptz NOT NULL, alert jsonb NOT NULL, "
+    "status text NOT NULL DEFAULT 'open', status_at timestamptz)"
+)
+LOCK_ALERTS_SQL = f"LOCK TABLE {ALERTS_TABLE} IN EXCLUSIVE MODE"
+"""Writers take it first, so alerts commit in `seq` order and a reader after `seq` misses none."""
+
+INSERT_ALERTS_SQL = (
+    f"INSERT INTO {ALERTS_TABLE} (alert_id, kind, customer_id, raised_at, alert) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::jsonb[]) "
+    "ON CONFLICT (alert_id) DO NOTHING"
+)
+"""An alert already logged (same episode) is kept as it was: raised once."""
+
+SELECT_ALERTS_AFTER_SQL = (
+    f"SELECT seq, customer_id, alert FROM {ALERTS_TABLE} WHERE seq > %s ORDER BY seq LIMIT %s"
+)
+
+
+def insert_params(alerts: list[Alert]) -> tuple[list[Any], ...]:
+    """The parameters of INSERT_ALERTS_SQL for `alerts` (documents as JSON text)."""
+    return (
+        [a.alert_id for a in alerts],
+        [a.kind for a in alerts],
+        [a.customer_id for a in alerts],
+        [a.raised_at for a in alerts],
+        [orjson.dumps(a.to_json()).decode() for a in alerts],
+    )
