@@ -5,8 +5,8 @@ Starts its own embedded broker and PostgreSQL on free ports (data in a temporary
 until a warm-up event is visible through the API (every consumer group has joined), then measures
 in one run:
 
-1. SDK send rate: N events (70 % purchase.made, 30 % call.logged) over C customers, from the
-   first send until `flush()` returns 0.
+1. SDK send rate: N events (55 % purchase.made, 25 % call.logged, 12 % invoice.issued, 8 %
+   payment.received) over C customers, from the first send until `flush()` returns 0.
 2. End-to-end throughput: from the first send until sum(version) over rm_customer_360 counts all
    N events (PostgreSQL polled every 0.2 s). Also printed: when each stage (recorder, relay,
    projector) had every event, and the CPU seconds each process used meanwhile.
@@ -18,6 +18,7 @@ in one run:
    in each stage (events waiting there / rate, from PostgreSQL).
 4. GET /customers/{id} latency at 200 requests/s over existing customers, open loop: requests
    are scheduled by time and measured from the scheduled time (no coordinated omission).
+   4b. The same for GET /customers/{id}/balance (aging computed on each request).
 5. Raw aiokafka consume rate of crm.touchpoints from the beginning (no group, all partitions,
    getmany of 5,000): the ceiling for one Python consumer on this broker.
 
@@ -125,15 +126,40 @@ def customer_id(index: int) -> str:
 
 
 def touchpoint(rng: random.Random, customer: str, serial: int, now: datetime) -> Touchpoint:
-    """A purchase (70 %) or a logged call (30 %), valid against the catalog."""
-    if rng.random() < 0.7:
+    """A purchase (55 %), a logged call (25 %), an invoice (12 %) or a payment (8 %), valid
+    against the catalog; invoices and payments give the balance view open items to age."""
+    draw = rng.random()
+    if draw < 0.2:
+        invoice = f"INV-{customer}-{rng.randrange(6)}"
+        amount = f"{rng.randint(20, 900)}.{rng.randrange(100):02d}"
+        if draw < 0.12:
+            kind, payload = (
+                "invoice.issued",
+                {
+                    "invoice_id": invoice,
+                    "amount": amount,
+                    "currency": "EUR",
+                    "due_date": (now + timedelta(days=rng.randint(-120, 30))).date().isoformat(),
+                },
+            )
+        else:
+            kind, payload = (
+                "payment.received",
+                {
+                    "payment_id": f"P-{serial}",
+                    "amount": amount,
+                    "currency": "EUR",
+                    **({"invoice_id": invoice} if rng.random() < 0.7 else {}),
+                },
+            )
+    elif draw < 0.75:
         lines, total = [], 0
         for sku, name, price in rng.sample(_PRODUCTS, rng.choice((1, 1, 1, 2, 2, 3))):
             quantity = rng.randint(1, 3)
             total += quantity * int(price.replace(".", ""))
             lines.append({"sku": sku, "name": name, "quantity": quantity, "unit_price": price})
         kind = "purchase.made"
-        payload: dict[str, Any] = {
+        payload = {
             "order_id": f"O-{serial}",
             "items": lines,
             "total": f"{total // 100}.{total % 100:02d}",
@@ -475,6 +501,9 @@ class Results:
     get_ms: list[float] = field(default_factory=list)
     get_errors: int = 0
     get_rate: float = 0.0
+    balance_ms: list[float] = field(default_factory=list)
+    balance_errors: int = 0
+    balance_rate: float = 0.0
     consume_rate: float = 0.0
 
 
@@ -710,13 +739,14 @@ def run_steady(
 
 
 async def get_load(
-    client: httpx.AsyncClient, customers: Sequence[str], rate: float, seconds: float
+    client: httpx.AsyncClient, customers: Sequence[str], suffix: str, rate: float, seconds: float
 ) -> tuple[list[float], int, float]:
-    """Phase 4: open-loop GETs at `rate`; latency from each request's scheduled time."""
+    """Phase 4: open-loop GETs of /customers/{id}{suffix} at `rate`; latency from each
+    request's scheduled time."""
 
     async def one(customer: str, scheduled: float) -> tuple[float, bool]:
         try:
-            response = await client.get(f"/customers/{customer}")
+            response = await client.get(f"/customers/{customer}{suffix}")
             ok = response.status_code == 200
         except httpx.HTTPError:
             ok = False
@@ -826,6 +856,19 @@ def report(args: argparse.Namespace, r: Results) -> None:
         )
     )
     rows.append(("", f"{len(g):,} ok, {r.get_errors} errors, {r.get_rate:,.0f} req/s", "", ""))
+    b = r.balance_ms
+    rows.append(
+        (
+            f"4b. GET .../balance @ {args.get_rate:,.0f}/s",
+            f"p50 {pct(b, 50):.1f} / p99 {pct(b, 99):.1f} / max "
+            f"{(b[-1] if b else float('nan')):.1f} ms",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        ("", f"{len(b):,} ok, {r.balance_errors} errors, {r.balance_rate:,.0f} req/s", "", "")
+    )
     rows.append(("5. raw aiokafka consume", f"{r.consume_rate:,.0f} events/s", "(ceiling)", ""))
 
     print(
@@ -974,7 +1017,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         known = sorted(counts)
         picks = [rng.choice(known) for _ in range(int(args.get_rate * args.get_seconds))]
         results.get_ms, results.get_errors, results.get_rate = runner.run(
-            get_load(client, picks, args.get_rate, args.get_seconds), args.get_seconds + 60
+            get_load(client, picks, "", args.get_rate, args.get_seconds), args.get_seconds + 60
+        )
+        log(f"phase 4b: GET balance at {args.get_rate:,.0f} req/s for {args.get_seconds:.0f} s")
+        picks = [rng.choice(known) for _ in range(int(args.get_rate * args.get_seconds))]
+        results.balance_ms, results.balance_errors, results.balance_rate = runner.run(
+            get_load(client, picks, "/balance", args.get_rate, args.get_seconds),
+            args.get_seconds + 60,
         )
         stack.check()
 

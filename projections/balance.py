@@ -429,7 +429,8 @@ def overdue_alerts(state: Balance, as_of: date, raised_at: datetime) -> list[Ale
 
 def alerts_between(before: Balance | None, after: Balance, raised_at: datetime) -> list[Alert]:
     """The credit alert if a new credit-limit episode is under way in `after` that `before` did
-    not have (none for an episode that started and ended between the two)."""
+    not have. The projector calls it for each event, so every episode is alerted, whatever the
+    batches (an episode that starts and ends between two states passed here is not seen)."""
     since = after.credit_exceeded_since
     if since is None or (before is not None and before.credit_exceeded_since == since):
         return []

@@ -23,8 +23,9 @@ PROGRESS_TABLE = "rm_progress"
 class CustomerView(Generic[S]):
     """A read model keyed by customer: `apply` folds one event into the state (None at first).
 
-    `alerts(before, after, now)`, if given, returns the alerts that the change from `before` to
-    `after` raises; the projector logs them in the transaction that writes `after`."""
+    `alerts(before, after, now)`, if given, returns the alerts that one event raises, changing
+    the state from `before` to `after`; the projector logs them in the transaction that writes
+    the change."""
 
     name: str
     apply: Callable[[S | None, RecordedEvent], S]

@@ -179,19 +179,20 @@ async def _apply_view(
     folded: dict[str, Folded] = {}
     for customer_id, customer_events in by_customer.items():
         version, position, state = cache.get(customer_id) or stored.get(customer_id) or NEW
-        applied, before = version, state
+        applied = version
         for event in sorted(customer_events, key=lambda e: e.version):
             if event.version <= version:
                 continue  # already applied
+            missing = []
             if event.version > version + 1:
-                for missing in await _read_gap(conn, customer_id, version, event.version):
-                    state = view.apply(state, missing)
-            state = view.apply(state, event)
+                missing = await _read_gap(conn, customer_id, version, event.version)
+            for step in (*missing, event):
+                before, state = state, view.apply(state, step)
+                if view.alerts is not None:  # event by event: batch boundaries change nothing
+                    alerts.extend(view.alerts(before, state, now))
             version, position = event.version, event.position
         if version > applied:
             folded[customer_id] = Folded(version, position, state)
-            if view.alerts is not None:
-                alerts.extend(view.alerts(before, state, now))
     if folded:
         rows = folded.values()
         await conn.execute(

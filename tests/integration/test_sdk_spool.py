@@ -162,7 +162,11 @@ def test_a_new_producer_delivers_what_a_closed_one_left_in_the_spool(
 def test_the_sdk_never_creates_the_topic_on_a_broker_that_came_back_without_it(
     broker: EmbeddedBroker, restart_broker: Callable[[], None], tmp_path: Path
 ) -> None:
-    with TouchpointProducer(broker.bootstrap, source="test", spool_dir=tmp_path) as producer:
+    # kafka-python gives a send up after delivery_timeout_ms (2 min by default): bound it.
+    bounded = {"request_timeout_ms": 10_000, "delivery_timeout_ms": 15_000}
+    with TouchpointProducer(
+        broker.bootstrap, source="test", spool_dir=tmp_path, **bounded
+    ) as producer:
         visit(producer, 0)
         assert producer.flush(timeout=10) == 0  # connected, with the topic's metadata
         broker.stop()
