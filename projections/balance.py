@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -428,13 +428,33 @@ def overdue_alerts(state: Balance, as_of: date, raised_at: datetime) -> list[Ale
 
 
 def alerts_between(before: Balance | None, after: Balance, raised_at: datetime) -> list[Alert]:
-    """The credit alert if a new credit-limit episode is under way in `after` that `before` did
-    not have. The projector calls it for each event, so every episode is alerted, whatever the
-    batches (an episode that starts and ends between two states passed here is not seen)."""
+    """The alerts one event raises, changing `before` into `after`, at `raised_at`:
+    the credit alert when a new credit-limit episode starts, and the overdue alert of each invoice
+    that is past due on `raised_at`'s UTC day and was not before (it arrived late, or the credit
+    that paid it was withdrawn). Invoices that fall due later are found by the daily scan."""
+    alerts: list[Alert] = []
     since = after.credit_exceeded_since
-    if since is None or (before is not None and before.credit_exceeded_since == since):
-        return []
-    return [credit_limit_exceeded(after, raised_at)]
+    if since is not None and (before is None or before.credit_exceeded_since != since):
+        alerts.append(credit_limit_exceeded(after, raised_at))
+    if not any(ledger.open_invoices for ledger in after.ledgers.values()):
+        return alerts
+    today = raised_at.astimezone(UTC).date()
+    was_overdue = set() if before is None else _overdue_ids(before, today)
+    alerts.extend(
+        invoice_overdue(after.customer_id, currency, invoice, today, raised_at)
+        for currency, invoice in open_invoices(after)
+        if invoice.days_overdue(today) >= 1 and invoice.invoice_id not in was_overdue
+    )
+    return alerts
+
+
+def _overdue_ids(state: Balance, as_of: date) -> set[str]:
+    return {
+        invoice_id
+        for ledger in state.ledgers.values()
+        for invoice_id, invoice in ledger.open_invoices.items()
+        if invoice.days_overdue(as_of) >= 1
+    }
 
 
 # --- JSON ---------------------------------------------------------------------------------

@@ -320,11 +320,17 @@ def make_app(settings: Settings, projector: Projector) -> faust.App:
 
     @app.task
     async def scan_overdue() -> None:
-        """At start-up, then every `overdue_scan_seconds`: time alone makes invoices overdue."""
+        """Invoices become overdue as UTC days pass: scan at start-up and whenever the day has
+        changed (checked every `overdue_scan_seconds`). Invoices that arrive already past due
+        are alerted by the balance view's own alerts, event by event."""
+        scanned_day = None
         while not app.should_stop:
-            await projector.create_tables_once()
-            raised = await raise_overdue(projector.pool, projector.clock())
-            log.info("event=overdue_scanned raised=%d", raised)
+            now = projector.clock()
+            if now.astimezone(UTC).date() != scanned_day:
+                await projector.create_tables_once()
+                raised = await raise_overdue(projector.pool, now)
+                scanned_day = now.astimezone(UTC).date()
+                log.info("event=overdue_scanned day=%s raised=%d", scanned_day, raised)
             await app.sleep(settings.overdue_scan_seconds)
 
     @app.timer(FULL_GC_EVERY_S)

@@ -43,16 +43,28 @@ from tests.unit.test_balance import (
 RAISED_AT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
 
-def alerts_step_by_step(events: list[RecordedEvent]) -> list[Alert]:
-    """What the projector would raise applying one event at a time."""
+def alerts_step_by_step(
+    events: list[RecordedEvent], kind: str = CREDIT_LIMIT_EXCEEDED, at: datetime | None = None
+) -> list[Alert]:
+    """The alerts of `kind` the projector would raise applying one event at a time."""
     raised: list[Alert] = []
     state: Balance | None = None
     for event in events:
         after = fold([event], state)
         assert after is not None
-        raised += alerts_between(state, after, RAISED_AT)
+        raised += [a for a in alerts_between(state, after, at or RAISED_AT) if a.kind == kind]
         state = after
     return raised
+
+
+def test_an_invoice_recorded_already_past_due_is_alerted_once_by_its_event() -> None:
+    on_due_day = datetime(2026, 2, 1, 12, tzinfo=UTC)  # invoice() is due 2026-02-01
+    events = history(invoice("INV-LATE", "100"), payment("P-1", "10"))
+
+    assert alerts_step_by_step(events, INVOICE_OVERDUE, on_due_day) == []
+    [alert] = alerts_step_by_step(events, INVOICE_OVERDUE, on_due_day + timedelta(days=1))
+    assert alert.alert_id == alert_id(INVOICE_OVERDUE, CUSTOMER_ID, "INV-LATE")
+    assert (alert.details["days_overdue"], alert.details["outstanding"]) == (1, "100")
 
 
 # --- the contract ---------------------------------------------------------------------------
@@ -169,7 +181,7 @@ def test_a_batch_raises_the_alert_of_the_episode_under_way_at_its_end() -> None:
     after = fold(events[1:], before)
     assert after is not None
 
-    [alert] = alerts_between(before, after, RAISED_AT)
+    [alert] = [a for a in alerts_between(before, after, RAISED_AT) if a.kind != INVOICE_OVERDUE]
 
     assert alert.alert_id == alert_id(CREDIT_LIMIT_EXCEEDED, CUSTOMER_ID, "4")
     assert alerts_between(stored(after), after, RAISED_AT) == []
