@@ -5,7 +5,7 @@ transaction as the events it guards."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,19 @@ RELAY_TRACKING_PREFIX = f"relay:{topics.EVENTS}:"
 def relay_tracking_name(topic_id: str | None, topic: str = topics.EVENTS) -> str:
     """Tracking name of the relay's last published position, per incarnation of a topic."""
     return f"relay:{topic}:{topic_id}"
+
+
+@contextmanager
+def notifications(dsn: str, channel: str) -> Iterator[Callable[[float], None]]:
+    """A function that waits up to `timeout` s for the next NOTIFY on `channel`."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+        def wait(timeout: float) -> None:
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                pass
+
+        yield wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,17 +223,9 @@ class EventStore:
         """Record a position under a tracking name; it must grow."""
         self.recorder.insert_tracking(Tracking(name, position))
 
-    @contextmanager
-    def new_events(self) -> Iterator[Callable[[float], None]]:
+    def new_events(self) -> AbstractContextManager[Callable[[float], None]]:
         """A function that waits up to `timeout` s for the next insert (LISTEN/NOTIFY)."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.recorder.channel_name)))
-
-            def wait(timeout: float) -> None:
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    pass
-
-            yield wait
+        return notifications(self.dsn, self.recorder.channel_name)
 
     def count(self) -> int:
         return self._query(f"SELECT count(*) AS n FROM {EVENTS_TABLE}")[0]["n"]

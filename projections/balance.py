@@ -47,8 +47,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
-from projections.customer_360 import VersionGap
-from projections.recorded import RecordedEvent
+from projections.recorded import RecordedEvent, is_next
 from projections.views import CustomerView
 
 ZERO = Decimal(0)
@@ -138,15 +137,8 @@ def apply(state: Balance | None, event: RecordedEvent) -> Balance:
     envelope = event.envelope
     if state is None:
         state = Balance(envelope.customer_id)
-    elif envelope.customer_id != state.customer_id:
-        raise ValueError(
-            f"event {envelope.event_id} is for customer {envelope.customer_id!r}, "
-            f"the balance of {state.customer_id!r}"
-        )
-    if event.version <= state.version:
+    if not is_next(state.customer_id, state.version, event):
         return state
-    if event.version > state.version + 1:
-        raise VersionGap(state.customer_id, state.version + 1, event.version)
     effect = _EFFECTS.get(envelope.type)
     moved = state if effect is None else effect(state, envelope.payload, event.version)
     # the episode is the version that started the current credit excess, kept while it lasts

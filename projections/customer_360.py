@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from events.envelope import Envelope
-from projections.recorded import RecordedEvent, rfc3339
+from projections.recorded import RecordedEvent, is_next, rfc3339
 from projections.views import CustomerView
 
 RECENT_LIMIT = 20
@@ -33,16 +33,6 @@ SUMMARY_LIMIT = 120
 PROFILE_FIELDS = ("name", "email", "phone", "address")
 
 Payload = dict[str, Any]
-
-
-class VersionGap(Exception):
-    """An event skips versions: apply versions `expected` to `got - 1` of the customer first."""
-
-    def __init__(self, customer_id: str, expected: int, got: int) -> None:
-        super().__init__(f"customer {customer_id}: expected version {expected}, got {got}")
-        self.customer_id = customer_id
-        self.expected = expected
-        self.got = got
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +84,8 @@ def apply(view: Customer360 | None, event: RecordedEvent) -> Customer360:
     envelope = event.envelope
     if view is None:
         view = Customer360(envelope.customer_id)
-    elif envelope.customer_id != view.customer_id:
-        raise ValueError(
-            f"event {envelope.event_id} is for customer {envelope.customer_id!r}, "
-            f"the view for {view.customer_id!r}"
-        )
-    if event.version <= view.version:
+    if not is_next(view.customer_id, view.version, event):
         return view
-    if event.version > view.version + 1:
-        raise VersionGap(view.customer_id, view.version + 1, event.version)
     at = envelope.occurred_at
     summary = _shorten(_SUMMARIES[envelope.type](envelope.payload))
     item = RecentItem(envelope.event_id, envelope.type, at, event.version, summary, rfc3339(at))

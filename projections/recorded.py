@@ -27,6 +27,32 @@ class RecordedEvent:
     envelope: Envelope
 
 
+class VersionGap(Exception):
+    """An event skips versions: apply versions `expected` to `got - 1` of the customer first."""
+
+    def __init__(self, customer_id: str, expected: int, got: int) -> None:
+        super().__init__(f"customer {customer_id}: expected version {expected}, got {got}")
+        self.customer_id = customer_id
+        self.expected = expected
+        self.got = got
+
+
+def is_next(customer_id: str, version: int, event: RecordedEvent) -> bool:
+    """Whether `event` is the next one for a state of `customer_id` at `version`: False if it is
+    already applied; ValueError for another customer, VersionGap if versions are missing."""
+    envelope = event.envelope
+    if envelope.customer_id != customer_id:
+        raise ValueError(
+            f"event {envelope.event_id} is for customer {envelope.customer_id!r}, "
+            f"the state of {customer_id!r}"
+        )
+    if event.version <= version:
+        return False
+    if event.version > version + 1:
+        raise VersionGap(customer_id, version + 1, event.version)
+    return True
+
+
 def rfc3339(moment: datetime) -> str:
     """An aware datetime as RFC 3339 in UTC with a "Z" suffix, the one time format of the views."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -217,21 +217,23 @@ async def _load(
     return {c: Folded(version, position, view.from_json(doc)) for c, version, position, doc in rows}
 
 
-async def log_alerts(conn: AsyncConnection[Any], alerts: list[Alert]) -> None:
+async def log_alerts(conn: AsyncConnection[Any], alerts: list[Alert]) -> int:
     """Log alerts in the caller's transaction (an episode already logged is kept) and wake the
-    relay, which publishes them to crm.alerts once the transaction commits."""
+    relay, which publishes them to crm.alerts once the transaction commits; returns how many
+    were logged for the first time."""
     if not alerts:
-        return
+        return 0
     await conn.execute(LOCK_ALERTS_SQL)
-    await conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
+    cursor = await conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
     await conn.execute(f"NOTIFY {ALERTS_CHANNEL}")
+    return cursor.rowcount
 
 
 async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
     """Log `invoice.overdue` for every open invoice past its due date on `now`'s UTC day.
 
-    Raised by the passage of time: run at start-up and on a timer. An invoice is alerted once
-    (its alert_id is its episode); returns how many alerts were logged for the first time."""
+    Raised by the passage of time: run at start-up and when the day changes. An invoice is alerted
+    once (its alert_id is its episode); returns how many alerts were logged for the first time."""
     today = now.astimezone(UTC).date()
     async with pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(OVERDUE_CANDIDATES_SQL, (today.isoformat(),))
@@ -240,12 +242,7 @@ async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
             for (doc,) in await cursor.fetchall()
             for alert in overdue_alerts(balance_from_json(doc), today, now)
         ]
-        if not alerts:
-            return 0
-        await conn.execute(LOCK_ALERTS_SQL)
-        cursor = await conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
-        await conn.execute(f"NOTIFY {ALERTS_CHANNEL}")
-        return cursor.rowcount
+        return await log_alerts(conn, alerts)
 
 
 OVERDUE_CANDIDATES_SQL = (

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
 import orjson
@@ -30,11 +30,10 @@ import psycopg
 from eventsourcing.persistence import Notification
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from psycopg import sql
 
 from events import topics
 from events.metadata import all_topics_metadata
-from infra.eventstore import EventStore, relay_tracking_name
+from infra.eventstore import EventStore, notifications, relay_tracking_name
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.alerts import ALERTS_CHANNEL, CREATE_ALERTS_SQL, SELECT_ALERTS_AFTER_SQL
@@ -106,16 +105,8 @@ class AlertOutbox:
             rows = conn.execute(SELECT_ALERTS_AFTER_SQL, (after, limit)).fetchall()
         return [OutboxMessage(seq, key.encode(), orjson.dumps(doc)) for seq, key, doc in rows]
 
-    @contextmanager
-    def new_rows(self) -> Iterator[Waiter]:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ALERTS_CHANNEL)))
-
-            def wait(timeout: float) -> None:
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    pass
-
-            yield wait
+    def new_rows(self) -> AbstractContextManager[Waiter]:
+        return notifications(self.dsn, ALERTS_CHANNEL)
 
 
 class Relay:

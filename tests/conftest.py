@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -58,9 +59,9 @@ def database_url(postgres: EmbeddedPostgres) -> str:
     return postgres.url
 
 
-@pytest.fixture
-def fresh_database(postgres: EmbeddedPostgres) -> Iterator[str]:
-    """URL of a new, empty database for this test only; dropped afterwards."""
+@contextmanager
+def new_database(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """URL of a new, empty database on `postgres`; dropped on exit."""
     name = f"t_{uuid.uuid4().hex}"
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -70,6 +71,13 @@ def fresh_database(postgres: EmbeddedPostgres) -> Iterator[str]:
         with psycopg.connect(postgres.url, autocommit=True) as conn:
             drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
             conn.execute(drop.format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_database(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """URL of a new, empty database for this test only; dropped afterwards."""
+    with new_database(postgres) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,18 +16,15 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from api.app import create_app
@@ -40,6 +37,7 @@ from infra.settings import Settings
 from projections.balance import BALANCE
 from projections.recorded import from_store
 from services.projector import Projector, raise_overdue
+from tests.conftest import new_database
 from tests.integration.helpers import Service, query, wait_until
 
 pytestmark = pytest.mark.integration
@@ -366,19 +364,6 @@ def assert_report(doc: dict[str, Any], customer_id: str, scenario: Scenario, as_
 
 
 # --- the pipeline -----------------------------------------------------------------------------
-
-
-@contextmanager
-def new_database(postgres: EmbeddedPostgres) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield postgres.url_for(name)
-    finally:
-        with psycopg.connect(postgres.url, autocommit=True) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
 
 
 @dataclass

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections import customer_360
 from projections.balance import (
     BALANCE,
     Balance,
@@ -28,7 +27,7 @@ from projections.balance import (
     summary,
     to_json,
 )
-from projections.recorded import RecordedEvent, from_wire
+from projections.recorded import RecordedEvent, VersionGap, from_wire
 from tests.unit.examples import CUSTOMER_ID, envelope
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -420,10 +419,10 @@ def test_an_event_at_or_below_the_state_version_changes_nothing() -> None:
     assert apply(state, events[1]) is state
 
 
-def test_a_version_gap_is_the_customer_360_version_gap() -> None:
+def test_a_version_gap_is_the_shared_version_gap() -> None:
     state = balance_of(invoice("INV-1", "10"))
 
-    with pytest.raises(customer_360.VersionGap) as caught:
+    with pytest.raises(VersionGap) as caught:
         apply(state, recorded(3, *payment("P-1", "5")))
 
     assert (caught.value.expected, caught.value.got) == (2, 3)

@@ -26,7 +26,6 @@ from projections.customer_360 import (
     RECENT_LIMIT,
     Customer360,
     Profile,
-    VersionGap,
     apply,
     fold,
     from_json,
@@ -34,6 +33,7 @@ from projections.customer_360 import (
 )
 from projections.recorded import (
     RecordedEvent,
+    VersionGap,
     decode_recorded,
     encode_recorded,
     from_wire,
