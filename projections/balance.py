@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -420,33 +420,13 @@ def overdue_alerts(state: Balance, as_of: date, raised_at: datetime) -> list[Ale
 
 
 def alerts_between(before: Balance | None, after: Balance, raised_at: datetime) -> list[Alert]:
-    """The alerts one event raises, changing `before` into `after`, at `raised_at`:
-    the credit alert when a new credit-limit episode starts, and the overdue alert of each invoice
-    that is past due on `raised_at`'s UTC day and was not before (it arrived late, or the credit
-    that paid it was withdrawn). Invoices that fall due later are found by the daily scan."""
-    alerts: list[Alert] = []
+    """The credit alert if one event, changing `before` into `after`, starts a new credit-limit
+    episode. Overdue invoices are found by the daily scan, never here: an invoice of a history
+    being caught up looks overdue until the payments recorded after it are applied."""
     since = after.credit_exceeded_since
-    if since is not None and (before is None or before.credit_exceeded_since != since):
-        alerts.append(credit_limit_exceeded(after, raised_at))
-    if not any(ledger.open_invoices for ledger in after.ledgers.values()):
-        return alerts
-    today = raised_at.astimezone(UTC).date()
-    was_overdue = set() if before is None else _overdue_ids(before, today)
-    alerts.extend(
-        invoice_overdue(after.customer_id, currency, invoice, today, raised_at)
-        for currency, invoice in open_invoices(after)
-        if invoice.days_overdue(today) >= 1 and invoice.invoice_id not in was_overdue
-    )
-    return alerts
-
-
-def _overdue_ids(state: Balance, as_of: date) -> set[str]:
-    return {
-        invoice_id
-        for ledger in state.ledgers.values()
-        for invoice_id, invoice in ledger.open_invoices.items()
-        if invoice.days_overdue(as_of) >= 1
-    }
+    if since is None or (before is not None and before.credit_exceeded_since == since):
+        return []
+    return [credit_limit_exceeded(after, raised_at)]
 
 
 # --- JSON ---------------------------------------------------------------------------------

@@ -318,8 +318,7 @@ def make_app(settings: Settings, projector: Projector) -> faust.App:
     @app.task
     async def scan_overdue() -> None:
         """Invoices become overdue as UTC days pass: scan at start-up and whenever the day has
-        changed (checked every `overdue_scan_seconds`). Invoices that arrive already past due
-        are alerted by the balance view's own alerts, event by event."""
+        changed (checked every `overdue_scan_seconds`)."""
         scanned_day = None
         while not app.should_stop:
             now = projector.clock()

@@ -57,19 +57,6 @@ def alerts_step_by_step(
     return raised
 
 
-def test_an_invoice_recorded_already_past_due_is_alerted_once_by_its_event() -> None:
-    on_due_day = datetime(2026, 2, 1, 12, tzinfo=UTC)  # invoice() is due 2026-02-01
-    events = history(invoice("INV-LATE", "100"), payment("P-1", "10"))
-
-    assert alerts_step_by_step(events, INVOICE_OVERDUE, on_due_day) == []
-    [alert] = alerts_step_by_step(events, INVOICE_OVERDUE, on_due_day + timedelta(days=1))
-    assert alert.alert_id == alert_id(INVOICE_OVERDUE, CUSTOMER_ID, "INV-LATE")
-    assert (alert.details["days_overdue"], alert.details["outstanding"]) == (1, "100")
-
-
-# --- the contract ---------------------------------------------------------------------------
-
-
 def test_alert_id_is_a_uuid5_of_kind_customer_and_episode_that_never_changes() -> None:
     expected = uuid.uuid5(
         uuid.UUID("11ef527a-f56f-4707-a1f1-b8efd878d3d7"), "credit.limit.exceeded|C-0042|7"
@@ -181,7 +168,7 @@ def test_a_batch_raises_the_alert_of_the_episode_under_way_at_its_end() -> None:
     after = fold(events[1:], before)
     assert after is not None
 
-    [alert] = [a for a in alerts_between(before, after, RAISED_AT) if a.kind != INVOICE_OVERDUE]
+    [alert] = alerts_between(before, after, RAISED_AT)
 
     assert alert.alert_id == alert_id(CREDIT_LIMIT_EXCEEDED, CUSTOMER_ID, "4")
     assert alerts_between(stored(after), after, RAISED_AT) == []
