@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -31,6 +32,22 @@ class Settings(BaseSettings):
     projector_cache_size: int = Field(default=100_000, ge=0)
     # How often the projector looks for invoices that went past their due date unpaid.
     overdue_scan_seconds: float = Field(default=60.0, gt=0)
+    # Desertion: average monthly net spend over the last `recent` complete months at most `ratio`
+    # of the average over the `baseline` months before them, that average at least `minimum`.
+    desertion_recent_months: int = Field(default=4, ge=1)
+    desertion_baseline_months: int = Field(default=6, ge=1)
+    desertion_ratio: Decimal = Field(default=Decimal("0.6"), gt=0, lt=1)
+    desertion_minimum: Decimal = Field(default=Decimal("100"), ge=0)
+    # An event that occurred longer ago than this is history being loaded (a demo, an import, a
+    # rebuild): its customer is judged once no such event has come for `desertion_settle_seconds`.
+    desertion_history_seconds: float = Field(default=3600.0, gt=0)
+    desertion_settle_seconds: float = Field(default=5.0, gt=0)
+    # Webhooks: a delivery is retried with exponential backoff for at most `webhook_retry_seconds`.
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_seconds: float = Field(default=3600.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=1.0, gt=0)
+    webhook_max_backoff_seconds: float = Field(default=300.0, gt=0)
+    webhook_concurrency_per_subscription: int = Field(default=4, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

@@ -30,7 +30,13 @@ ALERT_NAMESPACE = uuid.UUID("11ef527a-f56f-4707-a1f1-b8efd878d3d7")
 
 CREDIT_LIMIT_EXCEEDED = "credit.limit.exceeded"
 INVOICE_OVERDUE = "invoice.overdue"
-KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE})
+CUSTOMER_DESERTING = "customer.deserting"
+CUSTOMER_DESERTING_RESOLVED = "customer.deserting.resolved"
+KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, CUSTOMER_DESERTING,
+                   CUSTOMER_DESERTING_RESOLVED})  # fmt: skip
+STATUSES = ("open", "acknowledged", "resolved")
+"""An alert is `open` when logged, `acknowledged` once someone took it (POST /alerts/{id}/ack), and
+`resolved` when its episode ended (e.g. the deserting customer's spend recovered)."""
 
 
 def alert_id(kind: str, customer_id: str, episode_key: str) -> str:
@@ -115,6 +121,12 @@ INSERT_ALERTS_SQL = (
     "ON CONFLICT (alert_id) DO NOTHING"
 )
 """An alert already logged (same episode) is kept as it was: raised once."""
+
+RESOLVE_ALERTS_SQL = (
+    f"UPDATE {ALERTS_TABLE} SET status = 'resolved', status_at = %s "
+    "WHERE alert_id = ANY(%s::text[]) AND status <> 'resolved'"
+)
+"""Close the alerts of episodes that ended (open or acknowledged alike)."""
 
 SELECT_ALERTS_AFTER_SQL = (
     f"SELECT seq, customer_id, alert FROM {ALERTS_TABLE} WHERE seq > %s ORDER BY seq LIMIT %s"
