@@ -293,6 +293,7 @@ def make_app(settings: Settings, projector: Projector) -> faust.App:
         settings.projector_group,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
+        datadir=str(settings.data_dir / "faust" / settings.projector_group),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.session_timeout_ms / 1000,
