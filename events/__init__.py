@@ -1,9 +1,11 @@
-"""The wire contract and the producer SDK, what departments install (kafka-python, orjson)."""
+"""The wire contract, the producer SDK and webhook signatures: what departments install
+(kafka-python, orjson)."""
 
 from events.catalog import CATALOG, Catalog, EventSchema
 from events.envelope import Envelope, validate_envelope
 from events.errors import InvalidEvent
 from events.producer import EventDropped, Item, ProducerStats, TouchpointProducer
+from events.webhooks import InvalidSignature, verify_request
 
 __all__ = [
     "CATALOG",
@@ -12,8 +14,10 @@ __all__ = [
     "EventDropped",
     "EventSchema",
     "InvalidEvent",
+    "InvalidSignature",
     "Item",
     "ProducerStats",
     "TouchpointProducer",
     "validate_envelope",
+    "verify_request",
 ]
