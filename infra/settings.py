@@ -30,18 +30,18 @@ class Settings(BaseSettings):
     projector_group: str = "crm-projector"
     # Customers whose folded views the projector keeps in memory, per read model.
     projector_cache_size: int = Field(default=100_000, ge=0)
-    # How often the projector looks for invoices that went past their due date unpaid.
-    overdue_scan_seconds: float = Field(default=60.0, gt=0)
     # Desertion: average monthly net spend over the last `recent` complete months at most `ratio`
     # of the average over the `baseline` months before them, that average at least `minimum`.
     desertion_recent_months: int = Field(default=4, ge=1)
     desertion_baseline_months: int = Field(default=6, ge=1)
     desertion_ratio: Decimal = Field(default=Decimal("0.6"), gt=0, lt=1)
     desertion_minimum: Decimal = Field(default=Decimal("100"), ge=0)
-    # An event that occurred longer ago than this is history being loaded (a demo, an import, a
-    # rebuild): its customer is judged once no such event has come for `desertion_settle_seconds`.
+    # History is being loaded (a demo, a bulk import, a rebuild) while at least
+    # `desertion_catch_up_events` events that occurred over `desertion_history_seconds` ago arrive
+    # within `desertion_settle_seconds`; customers it touches are judged once it has stopped.
     desertion_history_seconds: float = Field(default=3600.0, gt=0)
     desertion_settle_seconds: float = Field(default=5.0, gt=0)
+    desertion_catch_up_events: int = Field(default=100, ge=1)
     # Webhooks: a delivery is retried with exponential backoff for at most `webhook_retry_seconds`.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_seconds: float = Field(default=3600.0, gt=0)

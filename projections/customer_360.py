@@ -6,12 +6,15 @@
      "profile": {"name": ..., "email": ..., "phone": ..., "address": ...},
      "touchpoints": {"total": 7, "by_type": {"call.logged": 2, ...},
                      "first_at": "2026-01-05T08:15:30Z", "last_at": "2026-02-01T09:00:00Z"},
-     "purchases": {"count": 2, "total_spent": {"EUR": "1234.50"}, "last_purchase_at": ... | null},
+     "purchases": {"count": 2, "total_spent": {"EUR": "1234.50"}, "last_purchase_at": ... | null,
+                   "by_month": {"EUR": {"2026-01": "1000.00", "2026-02": "234.50"}}},
      "complaints": {"open": 1, "total": 2},
      "recent": [{"event_id": ..., "type": ..., "occurred_at": ..., "summary": ..., "version": 7}],
      "open_complaint_ids": ["K-7"]}
 
 Times are RFC 3339 UTC with "Z"; money is a decimal string; profile fields not known yet are null.
+`by_month` is the net spend (purchases minus refunds) by currency and UTC month of `occurred_at`,
+the series desertion is judged on; a month missing from it is zero.
 Two parts exist so that `from_json` can continue the fold: "open_complaint_ids" (sorted) and the
 customer "version" of each recent item (the tie-break between equal `occurred_at`).
 """
@@ -25,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from events.envelope import Envelope
+from projections.desertion import month_of
 from projections.recorded import RecordedEvent, is_next, rfc3339
 from projections.views import CustomerView
 
@@ -69,6 +73,7 @@ class Customer360:
     last_at: datetime | None = None
     purchase_count: int = 0
     total_spent: dict[str, Decimal] = field(default_factory=dict)
+    spend_by_month: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     last_purchase_at: datetime | None = None
     complaints_total: int = 0
     open_complaint_ids: frozenset[str] = frozenset()
@@ -131,6 +136,10 @@ def to_json(view: Customer360) -> dict[str, Any]:
             "count": view.purchase_count,
             "total_spent": {c: f"{amount:f}" for c, amount in sorted(view.total_spent.items())},
             "last_purchase_at": _time_text(view.last_purchase_at),
+            "by_month": {
+                currency: {month: f"{amount:f}" for month, amount in sorted(months.items())}
+                for currency, months in sorted(view.spend_by_month.items())
+            },
         },
         "complaints": {"open": len(view.open_complaint_ids), "total": view.complaints_total},
         "recent": [
@@ -160,6 +169,10 @@ def from_json(doc: dict[str, Any]) -> Customer360:
         last_at=_time(touchpoints["last_at"]),
         purchase_count=purchases["count"],
         total_spent={c: Decimal(amount) for c, amount in purchases["total_spent"].items()},
+        spend_by_month={
+            currency: {month: Decimal(amount) for month, amount in months.items()}
+            for currency, months in purchases.get("by_month", {}).items()
+        },
         last_purchase_at=_time(purchases["last_purchase_at"]),
         complaints_total=doc["complaints"]["total"],
         open_complaint_ids=frozenset(doc["open_complaint_ids"]),
@@ -196,16 +209,26 @@ def _updated(view: Customer360, envelope: Envelope) -> Customer360:
 def _purchased(view: Customer360, envelope: Envelope) -> Customer360:
     p = envelope.payload
     return replace(
-        view,
+        _spent(view, envelope, Decimal(p["total"])),
         purchase_count=view.purchase_count + 1,
-        total_spent=_plus(view.total_spent, p["currency"], Decimal(p["total"])),
         last_purchase_at=_later(view.last_purchase_at, envelope.occurred_at),
     )
 
 
 def _refunded(view: Customer360, envelope: Envelope) -> Customer360:
-    p = envelope.payload
-    return replace(view, total_spent=_plus(view.total_spent, p["currency"], -Decimal(p["amount"])))
+    return _spent(view, envelope, -Decimal(envelope.payload["amount"]))
+
+
+def _spent(view: Customer360, envelope: Envelope, amount: Decimal) -> Customer360:
+    """Net spend changed by `amount`, in total and in the month the event occurred."""
+    currency = envelope.payload["currency"]
+    months = view.spend_by_month.get(currency, {})
+    return replace(
+        view,
+        total_spent=_plus(view.total_spent, currency, amount),
+        spend_by_month=view.spend_by_month
+        | {currency: _plus(months, month_of(envelope.occurred_at), amount)},
+    )
 
 
 def _complaint_filed(view: Customer360, envelope: Envelope) -> Customer360:

@@ -34,19 +34,15 @@ from events import topics
 from infra.eventstore import EVENTS_TABLE, SCHEMA_LOCK, EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
-from projections.alerts import (
-    ALERTS_CHANNEL,
-    CREATE_ALERTS_SQL,
-    INSERT_ALERTS_SQL,
-    LOCK_ALERTS_SQL,
-    Alert,
-    insert_params,
-)
+from projections.alerts import CREATE_ALERTS_SQL, Alert
 from projections.balance import BALANCE, overdue_alerts
 from projections.balance import from_json as balance_from_json
 from projections.customer_360 import CUSTOMER_360
+from projections.desertion import CREATE_DESERTION_SQL
 from projections.recorded import RecordedEvent, decode_recorded, from_store
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView
+from services.alert_log import log_alerts
+from services.desertion import DesertionDetector
 
 log = logging.getLogger("crm.projector")
 
@@ -96,6 +92,7 @@ class Projector:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             await conn.execute(PROGRESS_SQL)
             await conn.execute(CREATE_ALERTS_SQL)
+            await conn.execute(CREATE_DESERTION_SQL)
             for view in self.views:
                 await conn.execute(view.create_sql())
 
@@ -217,18 +214,6 @@ async def _load(
     return {c: Folded(version, position, view.from_json(doc)) for c, version, position, doc in rows}
 
 
-async def log_alerts(conn: AsyncConnection[Any], alerts: list[Alert]) -> int:
-    """Log alerts in the caller's transaction (an episode already logged is kept) and wake the
-    relay, which publishes them to crm.alerts once the transaction commits; returns how many
-    were logged for the first time."""
-    if not alerts:
-        return 0
-    await conn.execute(LOCK_ALERTS_SQL)
-    cursor = await conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
-    await conn.execute(f"NOTIFY {ALERTS_CHANNEL}")
-    return cursor.rowcount
-
-
 async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
     """Log `invoice.overdue` for every open invoice past its due date on `now`'s UTC day.
 
@@ -242,7 +227,9 @@ async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
             for (doc,) in await cursor.fetchall()
             for alert in overdue_alerts(balance_from_json(doc), today, now)
         ]
-        return await log_alerts(conn, alerts)
+        raised = await log_alerts(conn, alerts)
+    log.info("event=overdue_scanned day=%s raised=%d", today, raised)
+    return raised
 
 
 OVERDUE_CANDIDATES_SQL = (
@@ -287,8 +274,9 @@ class _PromptConsumer(faust_aiokafka.Consumer):
         return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-def make_app(settings: Settings, projector: Projector) -> faust.App:
-    """The faust app: one agent on crm.events, batching, concurrency 1."""
+def make_app(settings: Settings, projector: Projector, detector: DesertionDetector) -> faust.App:
+    """The faust app: one agent on crm.events, batching, concurrency 1, and the desertion
+    detector, which also runs the daily scans."""
     app = faust.App(
         settings.projector_group,
         broker=f"kafka://{settings.bootstrap}",
@@ -311,24 +299,16 @@ def make_app(settings: Settings, projector: Projector) -> faust.App:
         async for batch in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             events = [decode_recorded(event.value) for event in batch]
             changed = await projector.apply(events)
+            detector.note(events)
             oldest_ms = min(event.message.timestamp for event in batch) * 1000
             log.info("event=batch_applied events=%d rows=%d last_position=%d age_ms=%d",
                      len(events), changed, max(e.position for e in events),
                      time.time() * 1000 - oldest_ms)  # fmt: skip
 
     @app.task
-    async def scan_overdue() -> None:
-        """Invoices become overdue as UTC days pass: scan at start-up and whenever the day has
-        changed (checked every `overdue_scan_seconds`)."""
-        scanned_day = None
-        while not app.should_stop:
-            now = projector.clock()
-            if now.astimezone(UTC).date() != scanned_day:
-                await projector.create_tables_once()
-                raised = await raise_overdue(projector.pool, now)
-                scanned_day = now.astimezone(UTC).date()
-                log.info("event=overdue_scanned day=%s raised=%d", scanned_day, raised)
-            await app.sleep(settings.overdue_scan_seconds)
+    async def watch_the_clock() -> None:
+        await projector.create_tables_once()
+        await detector.run(lambda: app.should_stop, daily=(raise_overdue,))
 
     @app.timer(FULL_GC_EVERY_S)
     async def collect_cycles() -> None:
@@ -369,6 +349,8 @@ async def replay(settings: Settings, names: Iterable[str]) -> int:
             ]
             await projector.apply(events, progress_name="replay")
             position, total = batch[-1].id, total + len(batch)
+        if CUSTOMER_360 in views:  # judged once, on the complete history
+            await DesertionDetector.from_settings(pool, settings, utc_now).scan(utc_now())
     store.close()
     return total
 
@@ -389,7 +371,8 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
     pool = AsyncConnectionPool(settings.dsn, min_size=1, max_size=4, open=False)
     tune_gc()
     projector = Projector(pool, list(VIEWS.values()), settings.projector_cache_size)
-    app = make_app(settings, projector)
+    detector = DesertionDetector.from_settings(pool, settings, utc_now)
+    app = make_app(settings, projector, detector)
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
 

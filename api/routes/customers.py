@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -25,6 +25,7 @@ from infra.eventstore import EventStore
 from projections.balance import BALANCE, Balance, summary
 from projections.balance import from_json as balance_from_json
 from projections.customer_360 import CUSTOMER_360, public_document
+from projections.desertion import DESERTION_TABLE, churn_risk
 from projections.recorded import from_store, rfc3339
 
 MAX_PAGE = 500
@@ -32,8 +33,9 @@ MAX_PAGE = 500
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
 _DOCUMENT_SQL = (
-    f"SELECT c.doc::text, b.doc::text FROM {CUSTOMER_360.table} c "
-    f"LEFT JOIN {BALANCE.table} b USING (customer_id) WHERE c.customer_id = %s"
+    f"SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at "
+    f"FROM {CUSTOMER_360.table} c LEFT JOIN {BALANCE.table} b USING (customer_id) "
+    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id) WHERE c.customer_id = %s"
 )
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -63,6 +65,9 @@ class Purchases(BaseModel):
         description="purchases minus refunds, a decimal string by ISO 4217 currency"
     )
     last_purchase_at: datetime | None
+    by_month: dict[str, dict[str, Money]] = Field(
+        description="net spend by currency, then by UTC month 'YYYY-MM'; a missing month is 0"
+    )
 
 
 class Complaints(BaseModel):
@@ -88,6 +93,21 @@ class BalanceSummary(BaseModel):
     currency: str | None = Field(description="currency of the credit limit")
 
 
+class ChurnRisk(BaseModel):
+    """The last desertion verdict (see the README's desertion rule) and the customer's episodes."""
+
+    state: Literal["deserting", "steady", "low_spend", "too_new"]
+    currency: str | None = Field(description="the main currency the customer is judged in")
+    baseline_monthly: Money = Field(description="average monthly net spend, baseline months")
+    recent_monthly: Money = Field(description="average monthly net spend, recent months")
+    drop_ratio: str | None = Field(description="recent / baseline; null when baseline is 0")
+    months: dict[str, Money] = Field(description="the judged months, oldest first")
+    deserting: bool = Field(description="an episode is open (a customer.deserting alert)")
+    episodes: int = Field(description="how many desertion episodes began")
+    since: datetime | None = Field(description="when the last episode began or ended")
+    judged_at: datetime
+
+
 class Customer360(BaseModel):
     """The customer 360 ("screen pop") after the customer's events up to `version` (its
     global `position` in the event store)."""
@@ -101,6 +121,7 @@ class Customer360(BaseModel):
     complaints: Complaints
     recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
     balance: BalanceSummary = Field(description="see GET /customers/{customer_id}/balance")
+    churn_risk: ChurnRisk | None = Field(description="null until the customer is first judged")
 
 
 class TimelineEvent(BaseModel):
@@ -156,7 +177,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     responses={200: {"model": Customer360, "description": "The 360 document"}, **ERRORS},
 )
 async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
-    """The customer 360 as the projector last wrote it, with the balance as of today (UTC)."""
+    """The customer 360 as the projector last wrote it, with the balance as of today (UTC) and
+    the last desertion verdict (null until the customer is first judged)."""
     check_customer_id(customer_id)
     row = await fetch_row(pool, _DOCUMENT_SQL, customer_id)
     if row is None:
@@ -164,6 +186,8 @@ async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) ->
     document = public_document(orjson.loads(row[0]))
     balance = balance_from_json(orjson.loads(row[1])) if row[1] else Balance(customer_id)
     document["balance"] = summary(balance, datetime.now(UTC).date())
+    verdict, *episodes = row[2:]
+    document["churn_risk"] = churn_risk(orjson.loads(verdict), *episodes) if verdict else None
     return Response(orjson.dumps(document), media_type="application/json")
 
 

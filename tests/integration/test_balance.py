@@ -439,7 +439,6 @@ def stack(
             "CRM_RECORDER_GROUP": f"recorder-{tag}",
             "CRM_PROJECTOR_GROUP": f"projector-{tag}",
             "CRM_SESSION_TIMEOUT_MS": "3000",
-            "CRM_OVERDUE_SCAN_SECONDS": "3600",  # one scan at start-up (real clock), then none
         }
         alerts_start = end_offsets(broker.bootstrap, topics.ALERTS)
         services = {m: Service(m, env, logs / f"{m}.log").start() for m in MODULES}

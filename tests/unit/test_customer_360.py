@@ -170,6 +170,7 @@ def test_a_refund_reduces_the_spend_in_its_currency() -> None:
         "count": 1,
         "total_spent": {"EUR": "114.95"},
         "last_purchase_at": "2026-01-05T10:01:00Z",
+        "by_month": {"EUR": {"2026-01": "114.95"}},
     }
 
 
@@ -187,6 +188,25 @@ def test_spend_is_kept_per_currency() -> None:
     assert view.total_spent == {"EUR": Decimal("100.50"), "USD": Decimal("29.75")}
 
 
+def test_net_spend_is_kept_by_utc_month_of_occurrence_and_currency() -> None:
+    events = [
+        recorded(1, "purchase.made", purchase("100.00"), at="2026-01-31T23:30:00-02:00"),
+        recorded(2, "purchase.made", purchase("40", "USD"), at="2026-01-10T00:00:00Z"),
+        recorded(3, "purchase.made", purchase("10.50"), at="2026-02-03T00:00:00Z"),
+        recorded(4, "purchase.refunded", refund("25"), at="2026-03-01T00:00:00Z"),
+        recorded(5, "purchase.made", purchase("5"), at="2026-01-01T00:00:00Z"),
+    ]
+
+    view = view_of(events)
+
+    # 23:30 at UTC-2 on 31 January is 01:30 UTC on 1 February; a refund counts in its own month.
+    assert to_json(view)["purchases"]["by_month"] == {
+        "EUR": {"2026-01": "5", "2026-02": "110.50", "2026-03": "-25"},
+        "USD": {"2026-01": "40"},
+    }
+    assert from_json(to_json(view)) == view
+
+
 def test_the_last_purchase_is_the_latest_by_occurred_at() -> None:
     events = [
         recorded(1, "purchase.made", purchase("1"), at="2026-05-01T00:00:00Z"),
@@ -200,7 +220,7 @@ def test_the_last_purchase_is_the_latest_by_occurred_at() -> None:
 def test_a_view_without_purchases_has_no_spend() -> None:
     purchases = to_json(view_of(history(("web.visited", None))))["purchases"]
 
-    assert purchases == {"count": 0, "total_spent": {}, "last_purchase_at": None}
+    assert purchases == {"count": 0, "total_spent": {}, "last_purchase_at": None, "by_month": {}}
 
 
 # --- complaints ---------------------------------------------------------------------------

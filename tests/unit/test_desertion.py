@@ -1,0 +1,188 @@
+"""The desertion judgement and its episodes: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projections.alerts import CUSTOMER_DESERTING, CUSTOMER_DESERTING_RESOLVED, alert_id
+from projections.desertion import (
+    DesertionRule,
+    Episodes,
+    judge,
+    month_of,
+    transition,
+)
+
+RULE = DesertionRule()
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+# The 10 complete months before November 2026: baseline Jan-Jun, recent Jul-Oct.
+BASELINE = [f"2026-{m:02d}" for m in range(1, 7)]
+RECENT = [f"2026-{m:02d}" for m in range(7, 11)]
+LONG_AGO = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def series(baseline: str, recent: str, currency: str = "EUR") -> dict[str, dict[str, Decimal]]:
+    months = {m: Decimal(baseline) for m in BASELINE} | {m: Decimal(recent) for m in RECENT}
+    return {currency: months}
+
+
+def test_a_customer_who_spent_1000_a_month_and_500_lately_is_deserting() -> None:
+    verdict = judge(series("1000", "500"), LONG_AGO, NOW, RULE)
+
+    assert verdict.state == "deserting"
+    assert (verdict.baseline_monthly, verdict.recent_monthly) == (Decimal(1000), Decimal(500))
+    assert verdict.drop_ratio == Decimal("0.5")
+    assert verdict.currency == "EUR"
+    assert list(verdict.months) == BASELINE + RECENT
+
+
+def test_a_customer_who_stopped_buying_is_deserting_months_without_purchases_count_as_zero() -> (
+    None
+):
+    spend = {"EUR": {m: Decimal(300) for m in BASELINE}}
+
+    verdict = judge(spend, LONG_AGO, NOW, RULE)
+
+    assert verdict.state == "deserting"
+    assert verdict.recent_monthly == 0
+    assert verdict.drop_ratio == 0
+    assert all(verdict.months[m] == 0 for m in RECENT)
+
+
+def test_a_steady_customer_is_not_deserting() -> None:
+    assert judge(series("1000", "1000"), LONG_AGO, NOW, RULE).state == "steady"
+
+
+def test_a_customer_too_new_for_a_baseline_is_not_judged_deserting() -> None:
+    joined_in_march = datetime(2026, 3, 2, tzinfo=UTC)
+    spend = {"EUR": {"2026-03": Decimal(5000), "2026-04": Decimal(5000)}}
+
+    assert judge(spend, joined_in_march, NOW, RULE).state == "too_new"
+
+
+def test_a_customer_seen_in_the_first_baseline_month_has_a_baseline() -> None:
+    assert judge(series("1000", "0"), datetime(2026, 1, 31, tzinfo=UTC), NOW, RULE).state == (
+        "deserting"
+    )
+
+
+def test_exactly_the_ratio_is_deserting_and_just_above_is_not() -> None:
+    assert judge(series("1000", "600"), LONG_AGO, NOW, RULE).state == "deserting"
+    assert judge(series("1000", "600.01"), LONG_AGO, NOW, RULE).state == "steady"
+
+
+def test_a_baseline_below_the_minimum_is_low_spend_not_deserting() -> None:
+    assert judge(series("99.99", "0"), LONG_AGO, NOW, RULE).state == "low_spend"
+    assert judge(series("100", "0"), LONG_AGO, NOW, RULE).state == "deserting"
+
+
+def test_the_current_incomplete_month_and_months_before_the_baseline_are_not_judged() -> None:
+    spend = series("1000", "1000")
+    spend["EUR"] |= {"2026-11": Decimal(-99999), "2025-12": Decimal(-99999)}
+
+    assert judge(spend, LONG_AGO, NOW, RULE).state == "steady"
+
+
+def test_the_main_currency_is_the_one_spent_most_in_the_window() -> None:
+    spend = series("1000", "1000", "EUR") | series("2000", "100", "USD")
+    spend["GBP"] = {"2020-01": Decimal(1_000_000)}
+
+    verdict = judge(spend, LONG_AGO, NOW, RULE)
+
+    assert (verdict.currency, verdict.state) == ("USD", "deserting")
+
+
+def test_windows_and_ratio_are_settings() -> None:
+    rule = DesertionRule(
+        recent_months=2, baseline_months=3, ratio=Decimal("0.9"), minimum=Decimal(0)
+    )
+    spend = {"EUR": {"2026-06": Decimal(10), "2026-07": Decimal(10), "2026-08": Decimal(10),
+                     "2026-09": Decimal(9), "2026-10": Decimal(9)}}  # fmt: skip
+
+    verdict = judge(spend, LONG_AGO, NOW, rule)
+
+    assert list(verdict.months) == ["2026-06", "2026-07", "2026-08", "2026-09", "2026-10"]
+    assert (verdict.state, verdict.drop_ratio) == ("deserting", Decimal("0.9"))
+
+
+def test_months_are_utc_calendar_months() -> None:
+    assert month_of(datetime.fromisoformat("2026-01-31T23:30:00-02:00")) == "2026-02"
+
+
+# --- episodes -------------------------------------------------------------------------------
+
+
+def test_the_first_deserting_verdict_opens_an_episode_with_one_alert() -> None:
+    verdict = judge(series("1000", "500"), LONG_AGO, NOW, RULE)
+
+    step = transition("C-1", Episodes(), verdict, NOW, RULE)
+
+    assert step.episodes == Episodes(1, True, NOW, Decimal(1000))
+    [alert] = step.alerts
+    assert alert.kind == CUSTOMER_DESERTING
+    assert alert.alert_id == alert_id(CUSTOMER_DESERTING, "C-1", "1")
+    assert alert.details["baseline_monthly"] == "1000.00"
+    assert alert.details["recent_monthly"] == "500.00"
+    assert alert.details["drop_ratio"] == "0.5000"
+    assert alert.details["months"]["2026-07"] == "500"
+    assert "coupon" in alert.suggested_action
+    assert step.resolved == []
+
+
+def test_an_open_episode_raises_nothing_more_while_the_customer_stays_deserting() -> None:
+    verdict = judge(series("1000", "500"), LONG_AGO, NOW, RULE)
+    opened = transition("C-1", Episodes(), verdict, NOW, RULE).episodes
+
+    step = transition("C-1", opened, verdict, NOW, RULE)
+
+    assert (step.episodes, step.alerts, step.resolved) == (opened, [], [])
+
+
+def test_recovery_ends_the_episode_and_a_later_drop_is_a_new_episode() -> None:
+    dropping = judge(series("1000", "500"), LONG_AGO, NOW, RULE)
+    steady = judge(series("1000", "900"), LONG_AGO, NOW, RULE)
+    opened = transition("C-1", Episodes(), dropping, NOW, RULE).episodes
+
+    ended = transition("C-1", opened, steady, NOW, RULE)
+    again = transition("C-1", ended.episodes, dropping, NOW, RULE)
+
+    [resolution] = ended.alerts
+    assert resolution.kind == CUSTOMER_DESERTING_RESOLVED
+    assert resolution.details["episode"] == 1
+    assert ended.resolved == [alert_id(CUSTOMER_DESERTING, "C-1", "1"), resolution.alert_id]
+    assert ended.episodes.open is False
+    [second] = again.alerts
+    assert second.alert_id == alert_id(CUSTOMER_DESERTING, "C-1", "2")
+    assert second.alert_id != alert_id(CUSTOMER_DESERTING, "C-1", "1")
+
+
+def test_a_returning_customer_recovers_against_the_baseline_their_episode_began_with() -> None:
+    opened = Episodes(1, True, NOW, Decimal(1000))
+    # The good months have left the baseline window: the judged baseline is under the minimum.
+    back = judge({"EUR": {m: Decimal(700) for m in RECENT}}, LONG_AGO, NOW, RULE)
+    still_low = judge({"EUR": {m: Decimal(500) for m in RECENT}}, LONG_AGO, NOW, RULE)
+
+    assert back.state == "low_spend"
+    assert transition("C-1", opened, back, NOW, RULE).episodes.open is False
+    assert transition("C-1", opened, still_low, NOW, RULE).episodes.open is True
+
+
+@given(
+    st.lists(st.decimals(min_value=-500, max_value=5000, places=2), min_size=10, max_size=10),
+)
+def test_the_verdict_follows_the_rule_for_any_series(amounts: list[Decimal]) -> None:
+    spend = {"EUR": dict(zip(BASELINE + RECENT, amounts, strict=True))}
+    baseline, recent = sum(amounts[:6]) / 6, sum(amounts[6:]) / 4
+    expected = (
+        "low_spend"
+        if baseline < 100
+        else "deserting"
+        if recent <= Decimal("0.6") * baseline
+        else "steady"
+    )
+
+    assert judge(spend, LONG_AGO, NOW, RULE).state == expected
