@@ -277,11 +277,13 @@ class _PromptConsumer(faust_aiokafka.Consumer):
 def make_app(settings: Settings, projector: Projector, detector: DesertionDetector) -> faust.App:
     """The faust app: one agent on crm.events, batching, concurrency 1, and the desertion
     detector, which also runs the daily scans."""
+    datadir = settings.data_dir / "faust" / settings.projector_group
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last folder
     app = faust.App(
         settings.projector_group,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
-        datadir=str(settings.data_dir / "faust" / settings.projector_group),
+        datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.session_timeout_ms / 1000,
