@@ -15,9 +15,10 @@ from psycopg import OperationalError
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from api.alert_feed import AlertFeed
 from api.openapi import add_touchpoint_schemas
 from api.producer import LazyProducer
-from api.routes import balances, customers, events, health
+from api.routes import alerts, balances, customers, events, health, subscriptions
 from api.routes.health import ConsumerLag
 from events.topics import EVENTS, TOUCHPOINTS
 from infra.eventstore import EventStore
@@ -58,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         store = EventStore(settings.dsn, pool_size=4)
         groups = {settings.recorder_group: TOUCHPOINTS, settings.projector_group: EVENTS}
         consumer_lag = ConsumerLag(settings.bootstrap, groups)
+        alert_feed = AlertFeed(settings.dsn)
+        alert_feed.start()
         state = {
             "settings": settings,
             "producer": producer,
@@ -65,10 +68,12 @@ def create_app(settings: Settings) -> FastAPI:
             "read_pool": read_pool,
             "store": store,
             "consumer_lag": consumer_lag,
+            "alert_feed": alert_feed,
         }
         try:
             yield state
         finally:
+            await alert_feed.stop()
             await run_in_threadpool(producer.close)
             await run_in_threadpool(consumer_lag.close)
             await read_pool.close()
@@ -79,6 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(customers.router)
     app.include_router(balances.router)
+    app.include_router(alerts.router)
+    app.include_router(subscriptions.router)
     app.include_router(health.router)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PersistenceOperationalError, _database_unavailable)

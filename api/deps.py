@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from api.alert_feed import AlertFeed
 from api.producer import LazyProducer
 from infra.eventstore import EventStore
 from infra.settings import Settings
@@ -36,6 +37,11 @@ async def _read_pool(request: Request) -> AsyncConnectionPool[Any]:
     return pool
 
 
+async def _alert_feed(request: Request) -> AlertFeed:
+    feed: AlertFeed = request.state.alert_feed
+    return feed
+
+
 async def _store(request: Request) -> EventStore:
     store: EventStore = request.state.store
     return store
@@ -49,3 +55,5 @@ ReadPool = Annotated[AsyncConnectionPool[Any], Depends(_read_pool)]
 """Autocommit async pool for single-statement reads on the event loop (the hot read paths)."""
 Store = Annotated[EventStore, Depends(_store)]
 """The event store (blocking): call it from plain `def` endpoints or worker threads."""
+Feed = Annotated[AlertFeed, Depends(_alert_feed)]
+"""Wakes the alert streams when alerts are logged (one LISTEN connection per process)."""

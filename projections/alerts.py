@@ -110,8 +110,12 @@ CREATE_ALERTS_SQL = (
     f"CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} ("
     "seq bigserial PRIMARY KEY, alert_id text NOT NULL UNIQUE, kind text NOT NULL, "
     "customer_id text NOT NULL, raised_at timestamptz NOT NULL, alert jsonb NOT NULL, "
-    "status text NOT NULL DEFAULT 'open', status_at timestamptz)"
+    "status text NOT NULL DEFAULT 'open', status_at timestamptz, acknowledged_by text); "
+    f"ALTER TABLE {ALERTS_TABLE} ADD COLUMN IF NOT EXISTS acknowledged_by text; "
+    f"CREATE INDEX IF NOT EXISTS {ALERTS_TABLE}_customer_seq ON {ALERTS_TABLE} (customer_id, seq)"
 )
+"""The alert log; also brings a log created before `acknowledged_by` up to date. The index serves
+the alerts of one customer, newest first (GET /alerts?customer_id=)."""
 LOCK_ALERTS_SQL = f"LOCK TABLE {ALERTS_TABLE} IN EXCLUSIVE MODE"
 """Writers take it first, so alerts commit in `seq` order and a reader after `seq` misses none."""
 
@@ -142,3 +146,119 @@ def insert_params(alerts: list[Alert]) -> tuple[list[Any], ...]:
         [a.raised_at for a in alerts],
         [orjson.dumps(a.to_json()).decode() for a in alerts],
     )
+
+
+# --- reading and acknowledging the alert log (GET /alerts, /alerts/stream, POST …/ack) --------
+
+ALERT_FIELDS = ("alert_id", "kind", "customer_id", "raised_at", "details", "suggested_action")
+"""The keys of `Alert.to_json`, in their documented order (JSONB does not keep key order)."""
+
+LOGGED_COLUMNS = "seq, alert::text, status, status_at, acknowledged_by"
+"""The columns `logged_alert` renders, in its parameter order."""
+
+TAIL_SQL = f"SELECT coalesce(max(seq), 0) FROM {ALERTS_TABLE}"
+"""The last seq committed: writers hold LOCK_ALERTS_SQL, so any later alert gets a higher one."""
+
+SELECT_FOR_ACK_SQL = f"SELECT {LOGGED_COLUMNS} FROM {ALERTS_TABLE} WHERE alert_id = %s FOR UPDATE"
+ACK_SQL = (
+    f"UPDATE {ALERTS_TABLE} SET status = 'acknowledged', status_at = now(), acknowledged_by = %s "
+    f"WHERE alert_id = %s RETURNING {LOGGED_COLUMNS}"
+)
+
+
+class AlertNotFound(LookupError):
+    def __init__(self, alert_id: str) -> None:
+        super().__init__(f"alert {alert_id} is unknown")
+
+
+class AlertAlreadyResolved(ValueError):
+    def __init__(self, alert_id: str) -> None:
+        super().__init__(
+            f"alert {alert_id} is resolved: its episode is over, there is nothing to acknowledge"
+        )
+
+
+def needs_ack(alert_id: str, status: str) -> bool:
+    """Whether acknowledging an alert in `status` changes it: an open alert is acknowledged, one
+    already acknowledged stays as it was (with its first time and person), a resolved one cannot
+    be acknowledged (AlertAlreadyResolved)."""
+    if status == "resolved":
+        raise AlertAlreadyResolved(alert_id)
+    return status == "open"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """Which logged alerts to read; None or empty matches everything."""
+
+    kinds: tuple[str, ...] = ()
+    customer_id: str | None = None
+    status: str | None = None
+
+    def conditions(self) -> tuple[list[str], list[Any]]:
+        """SQL conditions (joined with AND) and their parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.kinds:
+            clauses.append("kind = ANY(%s::text[])")
+            params.append(list(self.kinds))
+        if self.customer_id is not None:
+            clauses.append("customer_id = %s")
+            params.append(self.customer_id)
+        if self.status is not None:
+            clauses.append("status = %s")
+            params.append(self.status)
+        return clauses, params
+
+
+def select_newest_sql(where: AlertFilter, before: int | None, limit: int) -> tuple[str, list[Any]]:
+    """Query of up to `limit` alerts matching `where` with seq below `before`, newest first;
+    its rows are `LOGGED_COLUMNS`."""
+    clauses, params = where.conditions()
+    if before is not None:
+        clauses.append("seq < %s")
+        params.append(before)
+    query = (
+        f"SELECT {LOGGED_COLUMNS} FROM {ALERTS_TABLE}{_where(clauses)} ORDER BY seq DESC LIMIT %s"
+    )
+    return query, [*params, limit]
+
+
+def select_after_sql(where: AlertFilter, after: int, limit: int) -> tuple[str, list[Any]]:
+    """Query of up to `limit` alerts matching `where` with seq above `after`, oldest first; its
+    rows are (seq, kind, alert text)."""
+    clauses, params = where.conditions()
+    clauses.append("seq > %s")
+    params.append(after)
+    query = (
+        f"SELECT seq, kind, alert::text FROM {ALERTS_TABLE}{_where(clauses)} ORDER BY seq LIMIT %s"
+    )
+    return query, [*params, limit]
+
+
+def _where(clauses: list[str]) -> str:
+    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+def ordered_alert(alert_text: str) -> dict[str, Any]:
+    """An alert document of the log with its keys in the documented order (unknown keys last)."""
+    doc: dict[str, Any] = orjson.loads(alert_text)
+    return {**{key: doc[key] for key in ALERT_FIELDS if key in doc}, **doc}
+
+
+def logged_alert(
+    seq: int,
+    alert_text: str,
+    status: str,
+    status_at: datetime | None,
+    acknowledged_by: str | None,
+) -> dict[str, Any]:
+    """An alert of the log as the API shows it: the alert, then where it is in the log and its
+    status (`status_at`: when it last changed; null while open)."""
+    return {
+        **ordered_alert(alert_text),
+        "seq": seq,
+        "status": status,
+        "status_at": None if status_at is None else rfc3339(status_at),
+        "acknowledged_by": acknowledged_by,
+    }
