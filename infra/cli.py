@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import psycopg
+
 from events.producer import TouchpointProducer
 from events.schemas import SCHEMA_DIR, write_all
 from infra.broker import EmbeddedBroker
@@ -20,6 +22,7 @@ from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from infra.supervisor import Child, Supervisor
 from infra.topics import ensure_topics
+from infra.webhooks import create_tables as create_webhook_tables
 
 log = logging.getLogger("crm")
 
@@ -29,6 +32,7 @@ SERVICES = {
     "relay": "services.relay",
     "projector": "services.projector",
     "api": "api",
+    "webhooks": "services.webhooks",
 }
 
 
@@ -66,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     replay.add_argument("views", nargs="*", metavar="VIEW", help="e.g. customer_360 (default: all)")
     replay.set_defaults(run=lambda args: _exec("services.projector", "replay", *args.views))
 
-    migrate = commands.add_parser("migrate", help="create the event store tables")
+    migrate = commands.add_parser("migrate", help="create the event store and webhook tables")
     migrate.set_defaults(run=_migrate)
 
     args = parser.parse_args(argv)
@@ -129,6 +133,8 @@ def _create_tables(dsn: str) -> None:
         store.create_tables()
     finally:
         store.close()
+    with psycopg.connect(dsn) as conn:
+        create_webhook_tables(conn)
 
 
 def _migrate(_: argparse.Namespace) -> None:

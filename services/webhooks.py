@@ -1,0 +1,413 @@
+"""Webhook dispatcher: POSTs every alert to the endpoints subscribed to its kind, signed, with
+retries, and logs every attempt.
+
+- Fan-out: the dispatcher follows the alert log (crm_alerts) after the position it tracks; for
+  each new alert it creates a pending delivery per matching active subscription, and advances its
+  position in the same transaction. A NOTIFY on crm_alerts wakes it, a poll every few seconds
+  covers a missed one. A subscription receives the alerts logged after it was created.
+- Dispatch: each subscription has its own lane: `webhook_concurrency_per_subscription` workers
+  and an HTTP client of that many connections. A worker claims the subscription's next due
+  delivery (a lease in the row, so a crash mid-attempt retries it later), POSTs the alert,
+  records the attempt and the delivery's new state (services/webhook_policy.py) in one
+  transaction. A slow or dead endpoint only holds its own lane.
+- State lives in PostgreSQL (infra/webhooks.py): pending deliveries survive a restart, delivered
+  ones are never sent again. Delivery is at least once: receivers drop a repeat by
+  `X-CRM-Delivery-Id`.
+
+Run it with `python -m services.webhooks` (the `crm up` supervisor does). SIGTERM stops it once
+the attempts in flight have finished and been recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import httpx
+import orjson
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from events.webhooks import (
+    ALERT_ID_HEADER,
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+)
+from infra.logs import configure_logging
+from infra.settings import Settings
+from infra.webhooks import (
+    ACTIVE_SUBSCRIPTION_IDS_SQL,
+    ADVANCE_PROGRESS_SQL,
+    DELIVERIES_TABLE,
+    FINISH_ATTEMPT_SQL,
+    INSERT_ATTEMPT_SQL,
+    PENDING,
+    SELECT_PROGRESS_SQL,
+    SUBSCRIPTIONS_TABLE,
+    create_tables_async,
+)
+from projections.alerts import ALERTS_CHANNEL, ALERTS_TABLE, CREATE_ALERTS_SQL, Alert
+from services.webhook_policy import Decision, Outcome, RetryPolicy, Status, decide
+
+log = logging.getLogger("crm.webhooks")
+
+USER_AGENT = "crm-webhooks/1"
+BATCH = 1000
+"""Alerts fanned out per transaction."""
+POLL_S = 5.0
+"""Longest wait for a NOTIFY before looking at the alert log and the subscriptions anyway."""
+LEASE_MARGIN_S = 30.0
+"""A claimed delivery is due again this long after its request's timeout (a crashed attempt)."""
+
+_BATCH_END_SQL = (
+    f"SELECT max(seq) FROM (SELECT seq FROM {ALERTS_TABLE} WHERE seq > %s ORDER BY seq LIMIT %s) b"
+)
+_FAN_OUT_SQL = (
+    f"INSERT INTO {DELIVERIES_TABLE} "
+    "(subscription_id, alert_seq, alert_id, kind, next_attempt_at, created_at) "
+    f"SELECT s.id, a.seq, a.alert_id, a.kind, %(now)s, %(now)s FROM {ALERTS_TABLE} a JOIN "
+    f"(SELECT id, kinds, after_seq FROM {SUBSCRIPTIONS_TABLE} WHERE deleted_at IS NULL "
+    "FOR SHARE) s ON a.seq > s.after_seq AND (cardinality(s.kinds) = 0 OR a.kind = ANY(s.kinds)) "
+    "WHERE a.seq > %(after)s AND a.seq <= %(upto)s "
+    "ON CONFLICT (subscription_id, alert_id) DO NOTHING RETURNING subscription_id"
+)
+"""Deliveries of the alerts in (after, upto] to the active subscriptions of their kind. FOR SHARE:
+a concurrent DELETE /subscriptions waits, then cancels what this created."""
+_CLAIM_SQL = (
+    f"WITH due AS (SELECT id FROM {DELIVERIES_TABLE} WHERE subscription_id = %(subscription)s "
+    f"AND status = '{PENDING}' AND next_attempt_at <= %(now)s "
+    "ORDER BY next_attempt_at, alert_seq LIMIT 1 FOR UPDATE SKIP LOCKED), "
+    f"claimed AS (UPDATE {DELIVERIES_TABLE} d SET next_attempt_at = %(lease_until)s FROM due "
+    "WHERE d.id = due.id RETURNING d.id, d.attempts, d.created_at, d.alert_id, d.alert_seq, "
+    "d.subscription_id) "
+    "SELECT c.id, c.attempts + 1, c.created_at, c.alert_id, s.url, s.secret, "
+    f"s.deleted_at IS NULL, a.alert FROM claimed c JOIN {SUBSCRIPTIONS_TABLE} s "
+    f"ON s.id = c.subscription_id LEFT JOIN {ALERTS_TABLE} a ON a.seq = c.alert_seq"
+)
+_NEXT_DUE_SQL = (
+    f"SELECT min(next_attempt_at) FROM {DELIVERIES_TABLE} "
+    f"WHERE subscription_id = %s AND status = '{PENDING}'"
+)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed delivery: attempt number `attempt` of sending `alert` to `url`."""
+
+    delivery_id: UUID
+    attempt: int
+    created_at: datetime
+    alert_id: str
+    url: str
+    secret: str
+    active: bool
+    """False when the subscription was deleted after the claim: nothing is sent."""
+    alert: dict[str, Any] | None
+    """The alert log's document; None when the alert is no longer in the log."""
+
+
+class Attempt(NamedTuple):
+    """One attempt as logged, in the order of its table's columns."""
+
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+def body_of(alert: dict[str, Any]) -> bytes:
+    """The request body: the alert as `Alert.to_json` writes it (JSONB does not keep the order
+    of its keys, the contract's model does)."""
+    return orjson.dumps(Alert.from_json(alert).to_json())
+
+
+def signed_headers(job: Job, body: bytes, timestamp: int) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(job.secret, timestamp, body),
+        ALERT_ID_HEADER: job.alert_id,
+        DELIVERY_ID_HEADER: str(job.delivery_id),
+    }
+
+
+class DeliveryStore:
+    """The webhook tables, through an autocommit async pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def create_tables(self) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await create_tables_async(conn)
+            await conn.execute(CREATE_ALERTS_SQL)
+
+    async def active_subscriptions(self) -> set[UUID]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(ACTIVE_SUBSCRIPTION_IDS_SQL)
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def fan_out(self, now: datetime) -> set[UUID] | None:
+        """Create the deliveries of the next batch of alerts; the subscriptions that got some,
+        or None when every logged alert has been fanned out."""
+        async with self.pool.connection() as conn, conn.transaction():
+            (after,) = await _one(conn, SELECT_PROGRESS_SQL)
+            (upto,) = await _one(conn, _BATCH_END_SQL, (after, BATCH))
+            if upto is None:
+                return None
+            params = {"now": now, "after": after, "upto": upto}
+            cursor = await conn.execute(_FAN_OUT_SQL, params)
+            subscriptions = {row[0] for row in await cursor.fetchall()}
+            await conn.execute(ADVANCE_PROGRESS_SQL, (upto,))
+        log.info("event=fanned_out after_seq=%d upto_seq=%d deliveries=%d",
+                 after, upto, cursor.rowcount)  # fmt: skip
+        return subscriptions
+
+    async def claim(self, subscription: UUID, now: datetime, lease_until: datetime) -> Job | None:
+        """The subscription's next due delivery, leased until `lease_until`; None if none."""
+        params = {"subscription": subscription, "now": now, "lease_until": lease_until}
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_CLAIM_SQL, params)).fetchone()
+        return None if row is None else Job(*row)
+
+    async def next_due(self, subscription: UUID) -> datetime | None:
+        async with self.pool.connection() as conn:
+            (due,) = await _one(conn, _NEXT_DUE_SQL, (subscription,))
+        return due
+
+    async def finish(
+        self, job: Job, attempt: Attempt | None, decision: Decision, now: datetime
+    ) -> None:
+        """Log the attempt (if one was made) and the delivery's new state, in one transaction."""
+        async with self.pool.connection() as conn, conn.transaction():
+            if attempt is not None:
+                await conn.execute(INSERT_ATTEMPT_SQL, (job.delivery_id, job.attempt, *attempt))
+            await conn.execute(
+                FINISH_ATTEMPT_SQL,
+                {
+                    "id": job.delivery_id,
+                    "attempts": job.attempt if attempt is not None else job.attempt - 1,
+                    "attempts_before": job.attempt - 1,
+                    "status": decision.status.value,
+                    "next_attempt_at": decision.next_attempt_at,
+                    "error": decision.error,
+                    "now": now,
+                },
+            )
+
+
+async def _one(conn: AsyncConnection[Any], query: str, params: Any = None) -> tuple[Any, ...]:
+    row = await (await conn.execute(query, params)).fetchone()
+    assert row is not None, query
+    return tuple(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: RetryPolicy
+    timeout_s: float
+    concurrency: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Config:
+        policy = RetryPolicy(
+            backoff_seconds=settings.webhook_backoff_seconds,
+            max_backoff_seconds=settings.webhook_max_backoff_seconds,
+            retry_seconds=settings.webhook_retry_seconds,
+        )
+        return cls(
+            policy, settings.webhook_timeout_seconds, settings.webhook_concurrency_per_subscription
+        )
+
+
+class Lane:
+    """One subscription's workers and HTTP client: what its endpoint can slow down."""
+
+    def __init__(
+        self, subscription: UUID, store: DeliveryStore, config: Config, clock: Clock
+    ) -> None:
+        self.subscription = subscription
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.client = httpx.AsyncClient(
+            timeout=config.timeout_s,
+            limits=httpx.Limits(max_connections=config.concurrency),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self.stopping = False
+        self.wakes = [asyncio.Event() for _ in range(config.concurrency)]
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        self.tasks = [group.create_task(self.work(wake)) for wake in self.wakes]
+
+    def wake(self) -> None:
+        """New deliveries: idle workers look for work at once."""
+        for wake in self.wakes:
+            wake.set()
+
+    async def close(self) -> None:
+        """Stop once the attempts in flight are recorded."""
+        self.stopping = True
+        self.wake()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def work(self, wake: asyncio.Event) -> None:
+        lease = timedelta(seconds=self.config.timeout_s + LEASE_MARGIN_S)
+        while not self.stopping:
+            wake.clear()  # before looking: a wake-up during the claim is not lost
+            now = self.clock()
+            job = await self.store.claim(self.subscription, now, now + lease)
+            if job is not None:
+                await self.deliver(job)
+                continue
+            due = await self.store.next_due(self.subscription)
+            wait = POLL_S if due is None else (due - self.clock()).total_seconds()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=min(max(wait, 0.0), POLL_S))
+
+    async def deliver(self, job: Job) -> None:
+        if not job.active:
+            return  # deleted meanwhile: the DELETE cancels the delivery
+        if job.alert is None:
+            error = f"alert {job.alert_id} is no longer in the alert log"
+            await self.store.finish(job, None, Decision(Status.FAILED, error=error), self.clock())
+            log.error("event=delivery_failed delivery_id=%s error=%r", job.delivery_id, error)
+            return
+        at = self.clock()
+        started = time.monotonic()
+        outcome = await self.post(job, body_of(job.alert), at)
+        attempt = Attempt(at, outcome.status_code, outcome.error, _ms_since(started))
+        now = self.clock()
+        decision = decide(
+            self.config.policy, outcome, job.attempt, job.created_at, now, random.random()
+        )
+        await self.store.finish(job, attempt, decision, now)
+        next_at = decision.next_attempt_at.isoformat() if decision.next_attempt_at else "-"
+        log.info("event=delivery_attempt subscription_id=%s delivery_id=%s alert_id=%s "
+                 "attempt=%d outcome=%r duration_ms=%d status=%s next_attempt_at=%s",
+                 self.subscription, job.delivery_id, job.alert_id, job.attempt,
+                 outcome.describe(), attempt.duration_ms, decision.status, next_at)  # fmt: skip
+
+    async def post(self, job: Job, body: bytes, at: datetime) -> Outcome:
+        """One POST of `body`, signed at `at`; whatever the endpoint or network does, an Outcome."""
+        headers = signed_headers(job, body, int(at.timestamp()))
+
+        timeout = self.config.timeout_s
+        try:
+            async with asyncio.timeout(timeout):  # httpx's timeouts are per phase
+                request = self.client.stream("POST", job.url, content=body, headers=headers)
+                async with request as response:  # the response body is not read
+                    return Outcome(response.status_code, retry_after=response.headers.get(
+                        "Retry-After"))  # fmt: skip
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(None, f"timeout after {timeout:g} s")
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            return Outcome(None, f"{type(error).__name__}: {error}")
+
+
+class Dispatcher:
+    """Follows the alert log, creates deliveries and runs one lane per active subscription."""
+
+    def __init__(
+        self, dsn: str, store: DeliveryStore, config: Config, clock: Clock = utc_now
+    ) -> None:
+        self.dsn = dsn
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.lanes: dict[UUID, Lane] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set; raises (after stopping every lane) if a part fails."""
+        await self.store.create_tables()
+        async with asyncio.TaskGroup() as group:
+            follower = group.create_task(self.follow(group))
+            await _first(stop.wait(), follower)
+            follower.cancel()
+            await asyncio.gather(*(lane.close() for lane in self.lanes.values()))
+        log.info("event=stopped lanes=%d", len(self.lanes))
+
+    async def follow(self, group: asyncio.TaskGroup) -> None:
+        async with await AsyncConnection.connect(self.dsn, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {ALERTS_CHANNEL}")
+            while True:
+                await self.reconcile(group)
+                while (subscriptions := await self.store.fan_out(self.clock())) is not None:
+                    self._wake(subscriptions)
+                async for _ in listener.notifies(timeout=POLL_S, stop_after=1):
+                    pass
+
+    async def reconcile(self, group: asyncio.TaskGroup) -> None:
+        """A lane for every active subscription, none for a deleted one."""
+        active = await self.store.active_subscriptions()
+        for subscription in active - self.lanes.keys():
+            lane = Lane(subscription, self.store, self.config, self.clock)
+            lane.start(group)
+            self.lanes[subscription] = lane
+            log.info("event=lane_started subscription_id=%s", subscription)
+        for subscription in self.lanes.keys() - active:
+            group.create_task(self.lanes.pop(subscription).close())
+            log.info("event=lane_stopped subscription_id=%s reason=deleted", subscription)
+
+    def _wake(self, subscriptions: Iterable[UUID]) -> None:
+        for subscription in subscriptions:
+            if lane := self.lanes.get(subscription):
+                lane.wake()
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+async def _first(waiting: Any, task: asyncio.Task[None]) -> None:
+    """Wait for the awaitable `waiting` or for `task` to end, whichever comes first."""
+    waiter = asyncio.ensure_future(waiting)
+    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+
+
+async def serve(settings: Settings) -> None:
+    """Composition root: wire settings, a PostgreSQL pool and the clock into a Dispatcher."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.dsn, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False,
+        name="crm-webhooks",
+    )  # fmt: skip
+    async with pool:
+        config = Config.from_settings(settings)
+        log.info("event=started timeout_s=%g retry_s=%g concurrency=%d", config.timeout_s,
+                 config.policy.retry_seconds, config.concurrency)  # fmt: skip
+        await Dispatcher(settings.dsn, DeliveryStore(pool), config).run(stop)
+
+
+def main() -> None:
+    configure_logging("webhooks")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # every request: logged as an attempt
+    asyncio.run(serve(Settings()))
+
+
+if __name__ == "__main__":
+    main()
