@@ -131,8 +131,9 @@ class DesertionDetector:
             self._recent_history.popleft()
         if sum(count for _, count in self._recent_history) >= self.catch_up_events:
             self._quiet_since = now  # a catch-up is going on
-        if not self.settled():
-            self.pending |= spenders
+        if not self.settled():  # nobody is judged while a catch-up goes on
+            self.pending |= spenders | self.due
+            self.due = set()
         else:
             self.due |= spenders - self.pending
             self._wake.set()
@@ -160,12 +161,14 @@ class DesertionDetector:
                     scanned_day = now.astimezone(UTC).date()
                 due |= self.pending
                 self.pending = set()
-            if due:
+            ordered = sorted(due)
+            for start in range(0, len(ordered), PAGE):
+                page = ordered[start : start + PAGE]
                 try:
-                    await self.judge(due, now)
+                    await self.judge(page, now)
                 except psycopg.OperationalError as error:  # judged again at the next turn
-                    log.warning("event=judge_failed customers=%d error=%r", len(due), str(error))
-                    self.pending |= due
+                    log.warning("event=judge_failed customers=%d error=%r", len(page), str(error))
+                    self.pending.update(page)
 
     async def scan(self, now: datetime) -> int:
         """Judge every customer who ever spent; returns how many alerts were logged."""

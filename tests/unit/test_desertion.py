@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +17,9 @@ from projections.desertion import (
     month_of,
     transition,
 )
+from projections.recorded import RecordedEvent
+from services.desertion import DesertionDetector
+from tests.unit.test_customer_360 import recorded
 
 RULE = DesertionRule()
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -186,3 +190,74 @@ def test_the_verdict_follows_the_rule_for_any_series(amounts: list[Decimal]) -> 
     )
 
     assert judge(spend, LONG_AGO, NOW, RULE).state == expected
+
+
+# --- when the detector judges: live, or once a catch-up has settled ---------------------------
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def purchases(count: int, at: datetime, prefix: str = "C-") -> list[RecordedEvent]:
+    return [recorded(1, "purchase.made", at=at, customer_id=f"{prefix}{n}") for n in range(count)]
+
+
+def detector(ticks: Ticks) -> DesertionDetector:
+    pool: Any = None  # note() and settled() never touch the database
+    return DesertionDetector(pool, RULE, lambda: NOW, timedelta(hours=1), 5.0, 100, ticks)
+
+
+def test_start_up_counts_as_a_catch_up_until_it_has_settled() -> None:
+    ticks = Ticks()
+    judge_later = detector(ticks)
+
+    judge_later.note(purchases(1, NOW))
+    assert (judge_later.due, judge_later.pending) == (set(), {"C-0"})
+    ticks.now += 5
+    assert judge_later.settled()
+
+
+def test_a_few_late_purchases_are_judged_at_once_a_burst_of_history_once_it_stopped() -> None:
+    ticks = Ticks()
+    watcher = detector(ticks)
+    ticks.now += 5
+    long_ago = NOW - timedelta(days=200)
+
+    watcher.note(purchases(3, long_ago, "late-"))
+    assert (watcher.due, watcher.pending) == ({"late-0", "late-1", "late-2"}, set())
+
+    watcher.note(purchases(60, long_ago, "bulk-"))
+    ticks.now += 1
+    watcher.note(purchases(40, long_ago, "bulk-"))  # 103 historic events within 5 s
+    assert not watcher.settled()
+    # not judged yet when the catch-up began, the first ones wait for it too
+    assert watcher.pending == {f"bulk-{n}" for n in range(60)} | {"late-0", "late-1", "late-2"}
+    assert watcher.due == set()
+
+    ticks.now += 1
+    watcher.note(purchases(1, NOW, "bulk-"))  # live, but bulk-0 waits for its whole history
+    watcher.note(purchases(1, NOW, "live-"))
+    assert "bulk-0" not in watcher.due
+    assert "live-0" in watcher.pending, "nobody is judged while a catch-up goes on"
+    ticks.now += 4.9
+    assert not watcher.settled()
+    ticks.now += 0.2
+    assert watcher.settled()
+
+
+def test_a_busy_live_stream_is_no_catch_up() -> None:
+    ticks = Ticks()
+    watcher = detector(ticks)
+    ticks.now += 5
+
+    watcher.note(purchases(1000, NOW - timedelta(minutes=59)))
+
+    assert watcher.settled()
+    assert len(watcher.due) == 1000
