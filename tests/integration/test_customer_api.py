@@ -26,6 +26,7 @@ from infra.ports import free_port
 from infra.settings import Settings
 from projections.balance import BALANCE
 from projections.customer_360 import CUSTOMER_360
+from projections.desertion import CREATE_DESERTION_SQL
 from projections.recorded import RecordedEvent
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL
 from tests.unit.examples import VALID_PAYLOADS, envelope
@@ -115,6 +116,7 @@ def setup(fresh_database: str, broker: EmbeddedBroker) -> Setup:
             conn.execute(view.create_sql())
             doc = Jsonb(view.to_json(state))
             conn.execute(view.upsert_sql(), ([CUSTOMER], [7], [events[-1].position], [doc]))
+        conn.execute(CREATE_DESERTION_SQL)  # created by the projector with the views
         conn.execute(PROGRESS_SQL)
         conn.execute(ADVANCE_PROGRESS_SQL, ("live", 7))
         conn.execute(ADVANCE_PROGRESS_SQL, ("replay", 8))
@@ -145,7 +147,7 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     )
     assert list(body) == [  # the documented fields, in the documented order
         "customer_id", "version", "position", "profile", "touchpoints", "purchases",
-        "complaints", "recent", "balance",
+        "complaints", "recent", "balance", "churn_risk",
     ]  # fmt: skip
     assert (body["customer_id"], body["version"]) == (CUSTOMER, len(world.setup.sent))
     assert body["position"] == world.setup.positions[-1]
@@ -167,6 +169,7 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
         "available_credit": None,
         "currency": None,
     }
+    assert body["churn_risk"] is None, "not judged: the detector has not seen the customer"
 
 
 def test_unknown_and_not_yet_projected_customers_are_404(world: World) -> None:
