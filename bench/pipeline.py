@@ -236,14 +236,18 @@ class Service:
 
 
 class Stack:
-    """Broker, PostgreSQL and the four services; `check()` raises if a service exited."""
+    """Broker, PostgreSQL and the services; `check()` raises if a service exited. `env` adds to
+    (or overrides) the services' environment."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, modules: Sequence[str] = SERVICES, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
+        self.extra_env = env or {}
         self.broker = EmbeddedBroker(free_port(), workdir)
         self.postgres = EmbeddedPostgres(workdir / "pg", free_port())
         self.api_port = free_port()
-        self.services = [Service(m, workdir / f"{m}.log") for m in SERVICES]
+        self.services = [Service(m, workdir / f"{m}.log") for m in modules]
 
     @property
     def api_url(self) -> str:
@@ -268,6 +272,7 @@ class Stack:
             "CRM_API_HOST": "127.0.0.1",
             "CRM_API_PORT": str(self.api_port),
             "CRM_DATA_DIR": str(self.workdir / "var"),
+            **self.extra_env,
         }
         for service in self.services:
             service.start(env, self.workdir)
