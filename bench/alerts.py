@@ -158,7 +158,9 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[float], list[floa
         if answer.status_code != 201:
             raise BenchError(f"POST /subscriptions: {answer.status_code} {answer.text}")
         stream = threading.Thread(
-            target=follow_stream, args=(f"{stack.api_url}/alerts/stream", arrivals, stop)
+            target=follow_stream,
+            args=(f"{stack.api_url}/alerts/stream", arrivals, stop),
+            daemon=True,
         )
         stream.start()
         customers = [f"bench-{n:05d}" for n in range(args.customers)]
