@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from psycopg import AsyncConnection
 from psycopg.errors import UndefinedTable
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from api.deps import ReadPool
 from api.routes.customers import Problem
@@ -51,6 +51,8 @@ router = APIRouter(prefix="/subscriptions", tags=["webhooks"])
 T = TypeVar("T")
 DeliveryStatus = Literal["pending", "delivered", "failed", "cancelled"]
 """infra.webhooks.DELIVERY_STATUSES, for validation and OpenAPI."""
+UtcDatetime = Annotated[datetime, AfterValidator(lambda moment: moment.astimezone(UTC))]
+"""Rendered in UTC ("…Z") whatever the database session's time zone."""
 
 
 class NewSubscription(BaseModel):
@@ -87,12 +89,12 @@ class Subscription(BaseModel):
     id: UUID
     url: str
     kinds: list[str] = Field(description="empty: every kind")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DeliveryAttempt(BaseModel):
     attempt: int = Field(description="1, 2, ... within the delivery")
-    at: datetime = Field(description="when the request was sent")
+    at: UtcDatetime = Field(description="when the request was sent")
     status_code: int | None = Field(description="null: no response (network error, timeout)")
     error: str | None = Field(description="the network error or timeout; null with a response")
     duration_ms: int
@@ -109,10 +111,10 @@ class Delivery(BaseModel):
         description="pending (being retried), delivered, failed (final status, or retries "
         "exhausted) or cancelled (the subscription was deleted)"
     )
-    next_attempt_at: datetime | None = Field(description="when pending: the next attempt")
+    next_attempt_at: UtcDatetime | None = Field(description="when pending: the next attempt")
     last_error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
     attempts: list[DeliveryAttempt] = Field(description="oldest first")
 
 

@@ -19,13 +19,13 @@ import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
 
 from api.app import create_app
 from events.webhooks import InvalidSignature, verify_request
 from infra.ports import free_port
 from infra.settings import Settings
-from infra.webhooks import create_tables
-from projections.alerts import CREATE_ALERTS_SQL, CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
+from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
 from services.projector import log_alerts
 from tests.integration.helpers import Service, running, wait_until
 
@@ -165,10 +165,8 @@ class World:
 
 @pytest.fixture
 def world(fresh_database: str, tmp_path: Path) -> Iterator[World]:
-    """The API on a fresh database with the alert log and the webhook tables."""
-    with psycopg.connect(fresh_database) as conn:
-        create_tables(conn)
-        conn.execute(CREATE_ALERTS_SQL)
+    """The API on an empty database: the first subscription or the dispatcher, whichever comes
+    first, creates the tables (tests subscribe before they log alerts)."""
     settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", DATABASE_URL=fresh_database)
     with TestClient(create_app(settings)) as client:
         yield World(client, fresh_database, tmp_path)
@@ -375,6 +373,9 @@ def test_a_restarted_dispatcher_resumes_pending_deliveries_and_sends_nothing_twi
 def test_subscriptions_are_validated_listed_and_read_without_their_secret(
     fresh_database: str,
 ) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        name = sql.Identifier(str(conn.execute("SELECT current_database()").fetchone()[0]))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone = 'America/New_York'").format(name))
     settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", DATABASE_URL=fresh_database)
     with TestClient(create_app(settings)) as client:
         assert client.get("/subscriptions").json() == []  # no table yet: none
@@ -399,6 +400,7 @@ def test_subscriptions_are_validated_listed_and_read_without_their_secret(
         created = response.json()
         assert set(created) == {"id", "url", "kinds", "created_at"}
         assert created["kinds"] == [CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE]
+        assert created["created_at"].endswith("Z")  # UTC, though the session's zone is not
         assert client.get("/subscriptions").json() == [created]
         assert client.get(f"/subscriptions/{created['id']}").json() == created
         assert client.get(f"/subscriptions/{created['id']}/deliveries").json() == {
