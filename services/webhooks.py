@@ -174,14 +174,13 @@ class Lane:
     async def post(self, job: Job, body: bytes, at: datetime) -> Outcome:
         """One POST of `body`, signed at `at`; whatever the endpoint or network does, an Outcome."""
         headers = signed_headers(job, body, int(at.timestamp()))
-
         timeout = self.config.timeout_s
         try:
             async with asyncio.timeout(timeout):  # httpx's timeouts are per phase
                 request = self.client.stream("POST", job.url, content=body, headers=headers)
                 async with request as response:  # the response body is not read
-                    return Outcome(response.status_code, retry_after=response.headers.get(
-                        "Retry-After"))  # fmt: skip
+                    retry_after = response.headers.get("Retry-After")
+                    return Outcome(response.status_code, retry_after=retry_after)
         except (TimeoutError, httpx.TimeoutException):
             return Outcome(None, f"timeout after {timeout:g} s")
         except (httpx.HTTPError, httpx.InvalidURL) as error:
@@ -201,8 +200,7 @@ class Dispatcher:
         self.lanes: dict[UUID, Lane] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set; raises (after stopping every lane) if a part fails."""
-        await self.store.create_tables()
+        """Until `stop` is set; raises if a part fails."""
         async with asyncio.TaskGroup() as group:
             follower = group.create_task(self.follow(group))
             await _first(stop.wait(), follower)
@@ -211,6 +209,7 @@ class Dispatcher:
         log.info("event=stopped lanes=%d", len(self.lanes))
 
     async def follow(self, group: asyncio.TaskGroup) -> None:
+        await self.store.create_tables()
         async with await AsyncConnection.connect(self.dsn, autocommit=True) as listener:
             await listener.execute(f"LISTEN {ALERTS_CHANNEL}")
             while True:
@@ -269,7 +268,11 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     configure_logging("webhooks")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # every request: logged as an attempt
-    asyncio.run(serve(Settings()))
+    try:
+        asyncio.run(serve(Settings()))
+    except* Exception:
+        log.exception("event=dispatcher_failed")  # the supervisor restarts the process
+        raise
 
 
 if __name__ == "__main__":
