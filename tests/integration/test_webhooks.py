@@ -26,7 +26,7 @@ from events.webhooks import InvalidSignature, verify_request
 from infra.ports import free_port
 from infra.settings import Settings
 from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
-from services.projector import log_alerts
+from services.alert_log import log_alerts
 from tests.integration.helpers import Service, running, wait_until
 
 pytestmark = pytest.mark.integration
