@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 
 from events import topics
 from events.metadata import all_topics_metadata
-from infra.eventstore import EventStore, notifications, relay_tracking_name
+from infra.eventstore import SCHEMA_LOCK, EventStore, notifications, relay_tracking_name
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.alerts import ALERTS_CHANNEL, CREATE_ALERTS_SQL, SELECT_ALERTS_AFTER_SQL
@@ -97,7 +97,8 @@ class AlertOutbox:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn) as conn:  # one transaction, under the schema lock
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             conn.execute(CREATE_ALERTS_SQL)
 
     def read(self, after: int, limit: int) -> list[OutboxMessage]:
