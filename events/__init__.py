@@ -1,6 +1,7 @@
-"""The wire contract, the producer SDK and webhook signatures: what departments install
-(kafka-python, orjson)."""
+"""The wire contract, the producer SDK, the alert subscriber and webhook signatures: what
+departments install (kafka-python, orjson)."""
 
+from events.alert_subscriber import AlertSubscriber, MalformedAlert, ReceivedAlert
 from events.catalog import CATALOG, Catalog, EventSchema
 from events.envelope import Envelope, validate_envelope
 from events.errors import InvalidEvent
@@ -9,6 +10,7 @@ from events.webhooks import InvalidSignature, verify_request
 
 __all__ = [
     "CATALOG",
+    "AlertSubscriber",
     "Catalog",
     "Envelope",
     "EventDropped",
@@ -16,7 +18,9 @@ __all__ = [
     "InvalidEvent",
     "InvalidSignature",
     "Item",
+    "MalformedAlert",
     "ProducerStats",
+    "ReceivedAlert",
     "TouchpointProducer",
     "validate_envelope",
     "verify_request",
