@@ -94,7 +94,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def kinds_param(
+async def kinds_param(
     kind: Annotated[
         list[str] | None,
         Query(

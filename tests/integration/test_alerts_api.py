@@ -23,17 +23,8 @@ from infra.broker import EmbeddedBroker
 from infra.ports import free_port
 from infra.postgres import EmbeddedPostgres
 from infra.processes import port_open
-from projections.alerts import (
-    ALERTS_CHANNEL,
-    CREDIT_LIMIT_EXCEEDED,
-    CUSTOMER_DESERTING,
-    INSERT_ALERTS_SQL,
-    INVOICE_OVERDUE,
-    LOCK_ALERTS_SQL,
-    RESOLVE_ALERTS_SQL,
-    Alert,
-    insert_params,
-)
+from projections.alerts import CREDIT_LIMIT_EXCEEDED, CUSTOMER_DESERTING, INVOICE_OVERDUE, Alert
+from services import alert_log
 from tests.conftest import new_database
 from tests.integration.helpers import Service, running, wait_until
 
@@ -51,12 +42,24 @@ class Api:
     service: Service
 
 
+async def log_alerts_async(dsn: str, alerts: list[Alert]) -> None:
+    """Log alerts in one transaction, as the platform's detectors do."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await alert_log.log_alerts(conn, alerts)
+
+
 def log_alerts(dsn: str, alerts: list[Alert]) -> None:
-    """Log alerts in one transaction with the platform's SQL, as services' `log_alerts` does."""
-    with psycopg.connect(dsn) as conn:
-        conn.execute(LOCK_ALERTS_SQL)
-        conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
-        conn.execute(f"NOTIFY {ALERTS_CHANNEL}")
+    asyncio.run(log_alerts_async(dsn, alerts))
+
+
+def resolve(dsn: str, alerts: list[Alert]) -> None:
+    """Resolve alerts at T0, as the platform does when their episodes end."""
+
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            await alert_log.resolve_alerts(conn, [a.alert_id for a in alerts], T0)
+
+    asyncio.run(run())
 
 
 def alert(kind: str, customer_id: str, minute: int = 0) -> Alert:
@@ -152,16 +155,13 @@ def listing(
 
 
 def set_statuses(dsn: str, logged: list[Logged]) -> None:
+    resolve(dsn, [x.alert for x in logged if x.status == "resolved"])
     with psycopg.connect(dsn) as conn:
-        for x in logged:
-            if x.status == "resolved":
-                conn.execute(RESOLVE_ALERTS_SQL, (T0, [x.alert.alert_id]))
-            elif x.status == "acknowledged":
-                conn.execute(
-                    "UPDATE crm_alerts SET status = 'acknowledged', status_at = %s, "
-                    "acknowledged_by = 'ops' WHERE alert_id = %s",
-                    (T0, x.alert.alert_id),
-                )
+        conn.execute(
+            "UPDATE crm_alerts SET status = 'acknowledged', status_at = %s, "
+            "acknowledged_by = 'ops' WHERE alert_id = ANY(%s)",
+            (T0, [x.alert.alert_id for x in logged if x.status == "acknowledged"]),
+        )
 
 
 def get_alerts(api: Api, **params: Any) -> httpx.Response:
@@ -323,8 +323,7 @@ def test_acknowledging_an_unknown_alert_is_404(live: Api) -> None:
 def test_acknowledging_a_resolved_alert_is_409_and_leaves_it_resolved(live: Api) -> None:
     logged = alert(CUSTOMER_DESERTING, f"C-ACK-{uuid.uuid4().hex[:8]}")
     log_alerts(live.dsn, [logged])
-    with psycopg.connect(live.dsn) as conn:
-        conn.execute(RESOLVE_ALERTS_SQL, (T0, [logged.alert_id]))
+    resolve(live.dsn, [logged])
 
     response = ack(live, logged.alert_id, {"by": "ana@sales"})
 
@@ -518,7 +517,7 @@ def test_the_feed_wakes_its_waiters_on_notify_also_after_reconnecting(
 ) -> None:
     async def woken_by_notify(feed: AlertFeed) -> bool:
         change = feed.next_change()
-        log_alerts(fresh_database, [alert(INVOICE_OVERDUE, "C-F1")])
+        await log_alerts_async(fresh_database, [alert(INVOICE_OVERDUE, "C-F1")])
         await feed.wait(change, timeout=STREAM_DEADLINE_S)
         return change.is_set()
 
