@@ -10,6 +10,7 @@ reconnects with the last id it saw gets exactly the alerts logged after it, in l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -49,6 +50,8 @@ STREAM_BATCH = 500
 """Alerts a stream reads from the log at a time."""
 POLL_S = 5.0
 """A stream re-reads the log at least this often, even without a wake-up from the feed."""
+READ_RETRY_S = 0.5
+"""Pause of a stream after a failed read of the log."""
 RETRY_MS = 2000
 """How long browsers wait before reconnecting a dropped stream."""
 
@@ -219,6 +222,9 @@ async def stream_alerts(
     while True:
         change = feed.next_change()
         rows = await _read_after(pool, where, last)
+        if rows is None:
+            await asyncio.sleep(READ_RETRY_S)
+            continue
         for seq, kind, text in rows:
             data = orjson.dumps(ordered_alert(text)).decode()
             yield ServerSentEvent(id=str(seq), event=kind, raw_data=data)
@@ -227,14 +233,16 @@ async def stream_alerts(
             await feed.wait(change, POLL_S)
 
 
-async def _read_after(pool: AsyncConnectionPool[Any], where: AlertFilter, after: int) -> list[Any]:
-    """The next alerts of a stream; none while the database is unavailable (the stream stays
-    open and reads again later)."""
+async def _read_after(
+    pool: AsyncConnectionPool[Any], where: AlertFilter, after: int
+) -> list[Any] | None:
+    """The next alerts of a stream; None while the database is unavailable (the stream stays
+    open and reads again shortly: after a restart, the pool's stale connections fail once)."""
     try:
         return await _fetch_all(pool, *select_after_sql(where, after, STREAM_BATCH))
     except OperationalError as error:
         log.warning("event=alert_stream_read_failed after=%d error=%r", after, str(error))
-        return []
+        return None
 
 
 async def _fetch_all(pool: AsyncConnectionPool[Any], query: str, params: list[Any]) -> list[Any]:

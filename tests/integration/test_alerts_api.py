@@ -541,3 +541,33 @@ def test_the_feed_wakes_its_waiters_on_notify_also_after_reconnecting(
 
     assert asyncio.run(run()) == (True, True)
     assert feed_backends(fresh_database) == []  # stopped: its connection is closed
+
+
+def test_streams_and_the_feed_carry_on_after_the_database_restarts(
+    postgres_root: Path, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    customer = f"C-R-{uuid.uuid4().hex[:8]}"
+    before, after = alert(INVOICE_OVERDUE, customer, 0), alert(CREDIT_LIMIT_EXCEEDED, customer, 1)
+    server = EmbeddedPostgres(postgres_root / f"restart-{uuid.uuid4().hex}" / "data", free_port())
+    with server, api_on(server.url, broker.bootstrap, tmp_path / "api.log") as api:
+        with stream(api) as alerts:
+            log_alerts(server.url, [before])
+            assert received(alerts.take(1)) == as_sent([before])
+            [pid] = feed_backends(server.url)
+
+            server.stop()
+            server.start()
+            log_alerts(server.url, [after])
+
+            assert received(alerts.take(1)) == as_sent([after])
+        wait_until(
+            lambda: len(pids := feed_backends(server.url)) == 1 and pids != [pid],
+            timeout=30,
+            what="the alert feed to listen again",
+        )
+        wait_until(
+            lambda: get_alerts(api).status_code == 200,
+            timeout=30,
+            what="the read pool to reconnect",
+        )
+        assert ids(get_alerts(api, customer_id=customer)) == [after.alert_id, before.alert_id]
