@@ -16,6 +16,8 @@ def main() -> None:
         port=settings.api_port,
         log_config=None,
         access_log=False,
+        # open alert streams (SSE) never end by themselves: close them 3 s into a shutdown
+        timeout_graceful_shutdown=3,
     )
 
 
