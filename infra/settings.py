@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     desertion_history_seconds: float = Field(default=3600.0, gt=0)
     desertion_settle_seconds: float = Field(default=5.0, gt=0)
     desertion_catch_up_events: int = Field(default=100, ge=1)
+    # A purchase or refund that occurred over `desertion_history_seconds` ago is judged this much
+    # later (it may be the first event of a catch-up).
+    desertion_hold_seconds: float = Field(default=0.5, ge=0)
     # Webhooks: a delivery is retried with exponential backoff for at most `webhook_retry_seconds`.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_seconds: float = Field(default=3600.0, gt=0)

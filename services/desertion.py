@@ -4,9 +4,10 @@ It runs inside the projector (services/projector.py), which tells it about every
 (`note`). Only complete months are judged, so what changes a verdict is the calendar and a
 purchase or refund that lands in a past month (recorded late, or history being loaded).
 A customer is judged:
-- at once after a purchase or refund, unless a catch-up is going on: at least `catch_up_events`
-  events that occurred over `history` ago applied within `settle_s` seconds (a demo, a bulk import,
-  a projector working through a backlog). Customers a catch-up touches are judged once it has
+- at once after a purchase or refund, `hold_s` later if it occurred over `history` ago (it may
+  be the first of a catch-up), unless a catch-up is going on: at least `catch_up_events` events that
+  occurred over `history` ago applied within `settle_s` seconds (a demo, a bulk import, a projector
+  working through a backlog). Customers a catch-up touches are judged once it has
   stopped for `settle_s`, on their complete history, so a catch-up raises only the alerts that
   history supports, never one raised and resolved again within it;
 - every customer with spend, at start-up and whenever the UTC day changes (once no catch-up is
@@ -82,6 +83,7 @@ class DesertionDetector:
         history: timedelta = timedelta(hours=1),
         settle_s: float = 5.0,
         catch_up_events: int = 100,
+        hold_s: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
@@ -91,7 +93,9 @@ class DesertionDetector:
         self.settle_s = settle_s
         self.monotonic = monotonic
         self.due: set[str] = set()  # judge at the next turn
+        self.held: deque[tuple[float, set[str]]] = deque()  # judge at that time, if settled
         self.pending: set[str] = set()  # judge once history has settled
+        self.hold_s = hold_s
         self.catch_up_events = catch_up_events
         self._quiet_since = monotonic()  # start-up counts as a catch-up
         self._recent_history: deque[tuple[float, int]] = deque()  # (when, historic events)
@@ -115,28 +119,41 @@ class DesertionDetector:
             history,
             settings.desertion_settle_seconds,
             settings.desertion_catch_up_events,
+            settings.desertion_hold_seconds,
         )
 
     def note(self, events: Iterable[RecordedEvent]) -> None:
         """Take note of a batch the projector applied (and committed)."""
         now, horizon = self.monotonic(), self.clock() - self.history
-        spenders, historic = set(), 0
+        spenders, late, historic = set(), set(), 0
         for event in events:
             envelope = event.envelope
-            historic += envelope.occurred_at < horizon
+            old = envelope.occurred_at < horizon
+            historic += old
             if envelope.type in SPEND_TYPES:
-                spenders.add(envelope.customer_id)
+                (late if old else spenders).add(envelope.customer_id)
         self._recent_history.append((now, historic))
         while self._recent_history[0][0] < now - self.settle_s:
             self._recent_history.popleft()
         if sum(count for _, count in self._recent_history) >= self.catch_up_events:
             self._quiet_since = now  # a catch-up is going on
         if not self.settled():  # nobody is judged while a catch-up goes on
-            self.pending |= spenders | self.due
+            self.pending |= spenders | late | self.due | self._held_customers()
             self.due = set()
-        else:
-            self.due |= spenders - self.pending
-            self._wake.set()
+            self.held.clear()
+            return
+        waiting = self.pending | self._held_customers()
+        if late - waiting:  # maybe the first events of a catch-up: wait to see
+            self.held.append((now + self.hold_s, late - waiting))
+        self.due |= spenders - waiting - late
+        self._wake.set()
+
+    def _held_customers(self) -> set[str]:
+        return set().union(*(customers for _, customers in self.held))
+
+    def _release_held(self) -> None:
+        while self.held and self.held[0][0] <= self.monotonic():
+            self.due |= self.held.popleft()[1]
 
     def settled(self) -> bool:
         """No catch-up for `settle_s` seconds (nor since start-up)."""
@@ -147,9 +164,11 @@ class DesertionDetector:
         other `daily` scans) at start-up and when the UTC day changes, once settled."""
         scanned_day = None
         while not stopping():
+            wait = TICK_S if not self.held else self.held[0][0] - self.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), min(TICK_S, max(wait, 0)))
             self._wake.clear()
+            self._release_held()
             now = self.clock()
             due, self.due = self.due, set()
             if self.settled():

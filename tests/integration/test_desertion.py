@@ -170,6 +170,8 @@ def stack(
             "CRM_PROJECTOR_GROUP": f"projector-{tag}",
             "CRM_SESSION_TIMEOUT_MS": "3000",
             "CRM_DESERTION_SETTLE_SECONDS": str(SETTLE_S),
+            # each part of a load below is a catch-up, however the pipeline batches it
+            "CRM_DESERTION_CATCH_UP_EVENTS": "40",
         }
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
         partitions = [TopicPartition(topics.ALERTS, p) for p in range(6)]

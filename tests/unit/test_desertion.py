@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -211,7 +212,10 @@ def purchases(count: int, at: datetime, prefix: str = "C-") -> list[RecordedEven
 
 def detector(ticks: Ticks) -> DesertionDetector:
     pool: Any = None  # note() and settled() never touch the database
-    return DesertionDetector(pool, RULE, lambda: NOW, timedelta(hours=1), 5.0, 100, ticks)
+    return DesertionDetector(
+        pool, RULE, lambda: NOW, timedelta(hours=1), settle_s=5.0, catch_up_events=100,
+        hold_s=0.5, monotonic=ticks,
+    )  # fmt: skip
 
 
 def test_start_up_counts_as_a_catch_up_until_it_has_settled() -> None:
@@ -231,15 +235,22 @@ def test_a_few_late_purchases_are_judged_at_once_a_burst_of_history_once_it_stop
     long_ago = NOW - timedelta(days=200)
 
     watcher.note(purchases(3, long_ago, "late-"))
-    assert (watcher.due, watcher.pending) == ({"late-0", "late-1", "late-2"}, set())
+    watcher.note(purchases(1, NOW, "late-"))  # a live one of a held customer waits with it
+    assert (watcher.due, watcher.pending) == (set(), set()), "held: a catch-up may be starting"
+    ticks.now += 0.5
+    watcher._release_held()
+    assert watcher.due == {"late-0", "late-1", "late-2"}
+    watcher.due.clear()  # judged
+
+    watcher.note(purchases(2, long_ago, "held-"))
 
     watcher.note(purchases(60, long_ago, "bulk-"))
     ticks.now += 1
     watcher.note(purchases(40, long_ago, "bulk-"))  # 103 historic events within 5 s
     assert not watcher.settled()
-    # not judged yet when the catch-up began, the first ones wait for it too
-    assert watcher.pending == {f"bulk-{n}" for n in range(60)} | {"late-0", "late-1", "late-2"}
-    assert watcher.due == set()
+    # held when the catch-up began, the first ones wait for it too
+    assert watcher.pending == {f"bulk-{n}" for n in range(60)} | {"held-0", "held-1"}
+    assert (watcher.due, watcher.held) == (set(), deque())
 
     ticks.now += 1
     watcher.note(purchases(1, NOW, "bulk-"))  # live, but bulk-0 waits for its whole history
