@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
@@ -67,6 +67,11 @@ class Verdict:
 def month_of(moment: datetime) -> str:
     """The UTC calendar month of an aware time, as "YYYY-MM"."""
     return rfc3339(moment)[:7]
+
+
+def month_start(moment: datetime) -> datetime:
+    """Midnight UTC on the first day of the UTC month of an aware time."""
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def _index(month: str) -> int:

@@ -45,6 +45,7 @@ from projections.desertion import (
     DesertionRule,
     Episodes,
     judge,
+    month_start,
     transition,
 )
 from projections.recorded import RecordedEvent
@@ -124,13 +125,15 @@ class DesertionDetector:
 
     def note(self, events: Iterable[RecordedEvent]) -> None:
         """Take note of a batch the projector applied (and committed)."""
-        now, horizon = self.monotonic(), self.clock() - self.history
+        now, today = self.monotonic(), self.clock()
+        horizon, this_month = today - self.history, month_start(today)
         spenders, late, historic = set(), set(), 0
         for event in events:
             envelope = event.envelope
             old = envelope.occurred_at < horizon
             historic += old
-            if envelope.type in SPEND_TYPES:
+            # spend in the current month changes no verdict: that month is not complete
+            if envelope.type in SPEND_TYPES and envelope.occurred_at < this_month:
                 (late if old else spenders).add(envelope.customer_id)
         self._recent_history.append((now, historic))
         while self._recent_history[0][0] < now - self.settle_s:

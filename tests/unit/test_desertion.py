@@ -210,10 +210,16 @@ def purchases(count: int, at: datetime, prefix: str = "C-") -> list[RecordedEven
     return [recorded(1, "purchase.made", at=at, customer_id=f"{prefix}{n}") for n in range(count)]
 
 
+EARLY = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+"""The detector's clock in these tests: half an hour into a month."""
+LATELY = EARLY - timedelta(minutes=45)  # within the hour, but in the previous month
+LONG_AGO_EVENT = EARLY - timedelta(days=200)
+
+
 def detector(ticks: Ticks) -> DesertionDetector:
     pool: Any = None  # note() and settled() never touch the database
     return DesertionDetector(
-        pool, RULE, lambda: NOW, timedelta(hours=1), settle_s=5.0, catch_up_events=100,
+        pool, RULE, lambda: EARLY, timedelta(hours=1), settle_s=5.0, catch_up_events=100,
         hold_s=0.5, monotonic=ticks,
     )  # fmt: skip
 
@@ -222,39 +228,48 @@ def test_start_up_counts_as_a_catch_up_until_it_has_settled() -> None:
     ticks = Ticks()
     judge_later = detector(ticks)
 
-    judge_later.note(purchases(1, NOW))
+    judge_later.note(purchases(1, LATELY))
     assert (judge_later.due, judge_later.pending) == (set(), {"C-0"})
     ticks.now += 5
     assert judge_later.settled()
+
+
+def test_spend_in_the_current_month_is_not_judged_it_changes_no_verdict() -> None:
+    ticks = Ticks()
+    watcher = detector(ticks)
+    ticks.now += 5
+
+    watcher.note(purchases(3, EARLY))
+
+    assert (watcher.due, watcher.pending, watcher.held) == (set(), set(), deque())
 
 
 def test_a_few_late_purchases_are_judged_at_once_a_burst_of_history_once_it_stopped() -> None:
     ticks = Ticks()
     watcher = detector(ticks)
     ticks.now += 5
-    long_ago = NOW - timedelta(days=200)
 
-    watcher.note(purchases(3, long_ago, "late-"))
-    watcher.note(purchases(1, NOW, "late-"))  # a live one of a held customer waits with it
+    watcher.note(purchases(3, LONG_AGO_EVENT, "late-"))
+    watcher.note(purchases(1, LATELY, "late-"))  # a live one of a held customer waits with it
     assert (watcher.due, watcher.pending) == (set(), set()), "held: a catch-up may be starting"
     ticks.now += 0.5
     watcher._release_held()
     assert watcher.due == {"late-0", "late-1", "late-2"}
     watcher.due.clear()  # judged
 
-    watcher.note(purchases(2, long_ago, "held-"))
+    watcher.note(purchases(2, LONG_AGO_EVENT, "held-"))
 
-    watcher.note(purchases(60, long_ago, "bulk-"))
+    watcher.note(purchases(60, LONG_AGO_EVENT, "bulk-"))
     ticks.now += 1
-    watcher.note(purchases(40, long_ago, "bulk-"))  # 103 historic events within 5 s
+    watcher.note(purchases(40, LONG_AGO_EVENT, "bulk-"))  # 103 historic events within 5 s
     assert not watcher.settled()
     # held when the catch-up began, the first ones wait for it too
     assert watcher.pending == {f"bulk-{n}" for n in range(60)} | {"held-0", "held-1"}
     assert (watcher.due, watcher.held) == (set(), deque())
 
     ticks.now += 1
-    watcher.note(purchases(1, NOW, "bulk-"))  # live, but bulk-0 waits for its whole history
-    watcher.note(purchases(1, NOW, "live-"))
+    watcher.note(purchases(1, LATELY, "bulk-"))  # live, but bulk-0 waits for its whole history
+    watcher.note(purchases(1, LATELY, "live-"))
     assert "bulk-0" not in watcher.due
     assert "live-0" in watcher.pending, "nobody is judged while a catch-up goes on"
     ticks.now += 4.9
@@ -268,7 +283,7 @@ def test_a_busy_live_stream_is_no_catch_up() -> None:
     watcher = detector(ticks)
     ticks.now += 5
 
-    watcher.note(purchases(1000, NOW - timedelta(minutes=59)))
+    watcher.note(purchases(1000, LATELY))
 
     assert watcher.settled()
     assert len(watcher.due) == 1000
