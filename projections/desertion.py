@@ -66,7 +66,8 @@ class Verdict:
 
 def month_of(moment: datetime) -> str:
     """The UTC calendar month of an aware time, as "YYYY-MM"."""
-    return rfc3339(moment)[:7]
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
 
 
 def month_start(moment: datetime) -> datetime:
