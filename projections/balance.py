@@ -46,7 +46,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
+from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert, alert_id
 from projections.recorded import RecordedEvent, is_next
 from projections.views import CustomerView
 
@@ -429,6 +429,21 @@ def alerts_between(before: Balance | None, after: Balance, raised_at: datetime) 
     return [credit_limit_exceeded(after, raised_at)]
 
 
+def ended_between(before: Balance | None, after: Balance) -> list[str]:
+    """The alert ids of the episodes one event ended: the credit excess it brought back within
+    the limit, and the invoices it settled (their overdue alert, if one was raised)."""
+    if before is None:
+        return []
+    ended = []
+    since = before.credit_exceeded_since
+    if since is not None and after.credit_exceeded_since != since:
+        ended.append(alert_id(CREDIT_LIMIT_EXCEEDED, after.customer_id, str(since)))
+    if after.settled_invoice_ids is not before.settled_invoice_ids:
+        settled = sorted(after.settled_invoice_ids - before.settled_invoice_ids)
+        ended += [alert_id(INVOICE_OVERDUE, after.customer_id, i) for i in settled]
+    return ended
+
+
 # --- JSON ---------------------------------------------------------------------------------
 
 
@@ -470,7 +485,9 @@ def from_json(doc: dict[str, Any]) -> Balance:
     )
 
 
-BALANCE: CustomerView[Balance] = CustomerView("balance", apply, to_json, from_json, alerts_between)
+BALANCE: CustomerView[Balance] = CustomerView(
+    "balance", apply, to_json, from_json, alerts_between, ended_between
+)
 """The read model for the projector: table rm_balance."""
 
 

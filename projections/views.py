@@ -25,13 +25,15 @@ class CustomerView(Generic[S]):
 
     `alerts(before, after, now)`, if given, returns the alerts that one event raises, changing
     the state from `before` to `after`; the projector logs them in the transaction that writes
-    the change."""
+    the change. `ended(before, after)`, if given, returns the ids of the alerts whose episode the
+    event ended; the projector marks them resolved in the same transaction."""
 
     name: str
     apply: Callable[[S | None, RecordedEvent], S]
     to_json: Callable[[S], dict[str, Any]]
     from_json: Callable[[dict[str, Any]], S]
     alerts: Callable[[S | None, S, datetime], list[Alert]] | None = None
+    ended: Callable[[S | None, S], list[str]] | None = None
 
     @property
     def table(self) -> str:

@@ -41,7 +41,7 @@ from projections.customer_360 import CUSTOMER_360
 from projections.desertion import CREATE_DESERTION_SQL
 from projections.recorded import RecordedEvent, decode_recorded, from_store
 from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView
-from services.alert_log import log_alerts
+from services.alert_log import log_alerts, resolve_alerts
 from services.desertion import DesertionDetector
 
 log = logging.getLogger("crm.projector")
@@ -111,13 +111,15 @@ class Projector:
             by_customer[event.envelope.customer_id].append(event)
         written: list[tuple[ViewCache, dict[str, Folded]]] = []
         alerts: list[Alert] = []
+        ended: list[str] = []
         now = self.clock()
         async with self.pool.connection() as conn, conn.transaction():
             for view in self.views:
                 cache = self.caches[view.name]
-                folded = await _apply_view(conn, view, cache, by_customer, now, alerts)
+                folded = await _apply_view(conn, view, cache, by_customer, now, alerts, ended)
                 written.append((cache, folded))
             await log_alerts(conn, alerts)
+            await resolve_alerts(conn, ended, now)
             await conn.execute(
                 ADVANCE_PROGRESS_SQL, (progress_name, max(e.position for e in events))
             )
@@ -168,10 +170,11 @@ async def _apply_view(
     by_customer: dict[str, list[RecordedEvent]],
     now: datetime,
     alerts: list[Alert],
+    ended: list[str],
 ) -> dict[str, Folded]:
     """Fold each customer's events into its view and write the changed rows; returns them.
 
-    The alerts the changes raise are appended to `alerts`."""
+    The alerts the changes raise are appended to `alerts`, the ids of those they end to `ended`."""
     stored = await _load(conn, view, [c for c in by_customer if c not in cache])
     folded: dict[str, Folded] = {}
     for customer_id, customer_events in by_customer.items():
@@ -187,6 +190,8 @@ async def _apply_view(
                 before, state = state, view.apply(state, step)
                 if view.alerts is not None:  # event by event: batch boundaries change nothing
                     alerts.extend(view.alerts(before, state, now))
+                if view.ended is not None:
+                    ended.extend(view.ended(before, state))
             version, position = event.version, event.position
         if version > applied:
             folded[customer_id] = Folded(version, position, state)

@@ -488,6 +488,12 @@ def raise_overdue_at(dsn: str, now: datetime) -> int:
     return asyncio.run(run())
 
 
+def alert_statuses(dsn: str, customer_id: str) -> dict[str, str]:
+    rows = query(dsn, "SELECT alert_id, status FROM crm_alerts WHERE customer_id = %s",
+                 (customer_id,))  # fmt: skip
+    return {str(a): str(s) for a, s in rows}
+
+
 def logged_alerts(dsn: str, prefix: str, kind: str | None = None) -> list[dict[str, Any]]:
     """The alert documents of crm_alerts for customers with the prefix, in `seq` order."""
     rows = query(
@@ -611,6 +617,29 @@ def test_credit_limit_exceeded_is_logged_once_per_episode_not_once_per_event(sta
         assert alert["raised_at"].endswith("Z")
     # at the limit, or above it in another currency than the limit's: no alert
     assert logged_alerts(stack.dsn, stack.customer("currencies")) == []
+    # the first episode ended with the payment (outstanding 800.00): its alert is resolved
+    assert alert_statuses(stack.dsn, customer_id) == {
+        alert_id("credit.limit.exceeded", customer_id, "3"): "resolved",
+        alert_id("credit.limit.exceeded", customer_id, "6"): "open",
+    }
+
+
+def test_an_overdue_alert_is_resolved_by_the_payment_that_settles_its_invoice(
+    stack: Stack,
+) -> None:
+    customer_id = f"x{stack.customer('settled_late')}"  # not under the prefix: other tests
+    # count the overdue alerts of every customer under it
+    stack.send(customer_id, (invoice("LATE-1", "80.00", date(2040, 6, 1)),
+                             invoice("LATE-2", "20.00", date(2040, 6, 2))))  # fmt: skip
+    stack.wait_projected({customer_id: 2})
+    raise_overdue_at(stack.dsn, datetime(2040, 6, 30, 12, 0, tzinfo=UTC))
+    late_1, late_2 = (alert_id("invoice.overdue", customer_id, i) for i in ("LATE-1", "LATE-2"))
+    assert alert_statuses(stack.dsn, customer_id) == {late_1: "open", late_2: "open"}
+
+    stack.send(customer_id, (payment("P-LATE", "90.00"),))  # settles LATE-1, 10.00 to LATE-2
+    stack.wait_projected({customer_id: 3})
+
+    assert alert_statuses(stack.dsn, customer_id) == {late_1: "resolved", late_2: "open"}
 
 
 def test_the_overdue_scan_alerts_each_invoice_past_due_once_and_none_not_yet_due(

@@ -14,12 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from projections.alerts import alert_id
 from projections.balance import (
     BALANCE,
     Balance,
     CreditTerms,
     apply,
     credit_exceeded,
+    ended_between,
     fold,
     from_json,
     overdue_invoices,
@@ -589,3 +591,45 @@ def test_redelivering_an_applied_event_changes_nothing(
 
     assert apply(state, again) == state
     assert fold(events[applied:], apply(stored(state), again)) == fold(events)
+
+
+# --- episodes that end ------------------------------------------------------------------------
+
+
+def ended_by_each_event(*steps: Step) -> list[list[str]]:
+    """The alert ids each event of the history ends, event by event."""
+    state, ended = None, []
+    for event in history(*steps):
+        before, state = state, apply(state, event)
+        ended.append(ended_between(before, state))
+    return ended
+
+
+def test_settling_an_invoice_ends_its_overdue_episode_a_partial_payment_does_not() -> None:
+    ended = ended_by_each_event(
+        invoice("I-1", "100.00"), invoice("I-2", "50.00"),
+        payment("P-1", "40.00", "I-1"), payment("P-2", "90.00"),  # 60 to I-1, 30 to I-2
+        payment("P-3", "20.00", "I-2"),
+    )  # fmt: skip
+
+    assert ended == [
+        [], [], [],
+        [alert_id("invoice.overdue", CUSTOMER_ID, "I-1")],
+        [alert_id("invoice.overdue", CUSTOMER_ID, "I-2")],
+    ]  # fmt: skip
+
+
+def test_coming_back_within_the_limit_ends_the_credit_episode_that_began_at_its_version() -> None:
+    ended = ended_by_each_event(
+        terms("100.00"), invoice("I-1", "150.00"), payment("P-1", "30.00"),  # still above
+        payment("P-2", "30.00"),  # 90: within the limit again
+        invoice("I-2", "20.00"), payment("P-3", "100.00"),  # above again (v5), back (v6)
+    )  # fmt: skip
+
+    assert ended == [
+        [], [], [],
+        [alert_id("credit.limit.exceeded", CUSTOMER_ID, "2")],
+        [],
+        [alert_id("credit.limit.exceeded", CUSTOMER_ID, "5"),
+         alert_id("invoice.overdue", CUSTOMER_ID, "I-1")],  # P-3 pays I-1's 90 first
+    ]  # fmt: skip
