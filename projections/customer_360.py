@@ -207,28 +207,27 @@ def _updated(view: Customer360, envelope: Envelope) -> Customer360:
 
 
 def _purchased(view: Customer360, envelope: Envelope) -> Customer360:
-    p = envelope.payload
     return replace(
-        _spent(view, envelope, Decimal(p["total"])),
+        view,
+        **_spent(view, envelope, Decimal(envelope.payload["total"])),
         purchase_count=view.purchase_count + 1,
         last_purchase_at=_later(view.last_purchase_at, envelope.occurred_at),
     )
 
 
 def _refunded(view: Customer360, envelope: Envelope) -> Customer360:
-    return _spent(view, envelope, -Decimal(envelope.payload["amount"]))
+    return replace(view, **_spent(view, envelope, -Decimal(envelope.payload["amount"])))
 
 
-def _spent(view: Customer360, envelope: Envelope, amount: Decimal) -> Customer360:
-    """Net spend changed by `amount`, in total and in the month the event occurred."""
+def _spent(view: Customer360, envelope: Envelope, amount: Decimal) -> dict[str, Any]:
+    """The spend fields after `amount` more net spend: in total and in the event's month."""
     currency = envelope.payload["currency"]
     months = view.spend_by_month.get(currency, {})
-    return replace(
-        view,
-        total_spent=_plus(view.total_spent, currency, amount),
-        spend_by_month=view.spend_by_month
+    return {
+        "total_spent": _plus(view.total_spent, currency, amount),
+        "spend_by_month": view.spend_by_month
         | {currency: _plus(months, month_of(envelope.occurred_at), amount)},
-    )
+    }
 
 
 def _complaint_filed(view: Customer360, envelope: Envelope) -> Customer360:

@@ -100,6 +100,7 @@ class DesertionDetector:
         self.catch_up_events = catch_up_events
         self._quiet_since = monotonic()  # start-up counts as a catch-up
         self._recent_history: deque[tuple[float, int]] = deque()  # (when, historic events)
+        self._recent_historic = 0  # their sum
         self._wake = asyncio.Event()
 
     @classmethod
@@ -136,9 +137,10 @@ class DesertionDetector:
             if envelope.type in SPEND_TYPES and envelope.occurred_at < this_month:
                 (late if old else spenders).add(envelope.customer_id)
         self._recent_history.append((now, historic))
+        self._recent_historic += historic
         while self._recent_history[0][0] < now - self.settle_s:
-            self._recent_history.popleft()
-        if sum(count for _, count in self._recent_history) >= self.catch_up_events:
+            self._recent_historic -= self._recent_history.popleft()[1]
+        if self._recent_historic >= self.catch_up_events:
             self._quiet_since = now  # a catch-up is going on
         if not self.settled():  # nobody is judged while a catch-up goes on
             self.pending |= spenders | late | self.due | self._held_customers()
@@ -239,19 +241,12 @@ async def _write(
 ) -> None:
     if not judged:
         return
-    await conn.execute(
-        UPSERT_DESERTION_SQL,
-        (
-            [customer_id for customer_id, *_ in judged],
-            [episodes.count for _, _, episodes, _ in judged],
-            [episodes.open for _, _, episodes, _ in judged],
-            [episodes.since for _, _, episodes, _ in judged],
-            [episodes.baseline_monthly for _, _, episodes, _ in judged],
-            [orjson.dumps(verdict).decode() for *_, verdict in judged],
-            [now] * len(judged),
-            [version for _, version, _, _ in judged],
-        ),
-    )
+    rows = [
+        (customer_id, e.count, e.open, e.since, e.baseline_monthly, orjson.dumps(v).decode(), now,
+         version)
+        for customer_id, version, e, v in judged
+    ]  # fmt: skip
+    await conn.execute(UPSERT_DESERTION_SQL, [list(column) for column in zip(*rows, strict=True)])
 
 
 def _spend(by_month: dict[str, dict[str, str]] | None) -> dict[str, dict[str, Decimal]]:

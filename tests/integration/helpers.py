@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from kafka import KafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,3 +99,26 @@ def stored_count(dsn: str, customer_prefix: str) -> int:
         (customer_prefix + "%",),
     )
     return int(rows[0][0]) if rows else 0
+
+
+def pipeline_env(bootstrap: str, dsn: str, **settings: str) -> dict[str, str]:
+    """The environment of the platform's services for one test's pipeline: its own consumer
+    groups, short session timeouts, and any `CRM_*` settings given."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": dsn,
+        "CRM_RECORDER_GROUP": f"recorder-{tag}",
+        "CRM_PROJECTOR_GROUP": f"projector-{tag}",
+        "CRM_SESSION_TIMEOUT_MS": "3000",
+        **settings,
+    }
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return consumer.end_offsets(partitions)  # type: ignore[no-any-return]
+    finally:
+        consumer.close()

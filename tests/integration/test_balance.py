@@ -38,7 +38,7 @@ from projections.balance import BALANCE
 from projections.recorded import from_store
 from services.projector import Projector, raise_overdue
 from tests.conftest import new_database
-from tests.integration.helpers import Service, query, wait_until
+from tests.integration.helpers import Service, end_offsets, pipeline_env, query, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -410,15 +410,6 @@ def projected_versions(dsn: str, customer_ids: list[str]) -> dict[str, int]:
     return {str(c): int(v) for c, v in rows}  # type: ignore[call-overload]
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return consumer.end_offsets(partitions)  # type: ignore[no-any-return]
-    finally:
-        consumer.close()
-
-
 TODAY_OFFSETS = {"overdue": -45, "due_soon": 10}
 
 
@@ -430,16 +421,10 @@ def stack(
 
     The "credit" customer is sent one event at a time, each projected before the next, so each
     event is a projector batch of its own and each credit episode is seen."""
-    tag = uuid.uuid4().hex[:8]
+    tag = uuid.uuid4().hex[:8]  # the customers' prefix
     logs = tmp_path_factory.mktemp("balance-logs")
     with new_database(postgres) as dsn:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "DATABASE_URL": dsn,
-            "CRM_RECORDER_GROUP": f"recorder-{tag}",
-            "CRM_PROJECTOR_GROUP": f"projector-{tag}",
-            "CRM_SESSION_TIMEOUT_MS": "3000",
-        }
+        env = pipeline_env(broker.bootstrap, dsn)
         alerts_start = end_offsets(broker.bootstrap, topics.ALERTS)
         services = {m: Service(m, env, logs / f"{m}.log").start() for m in MODULES}
         spool = tmp_path_factory.mktemp("balance-spool")

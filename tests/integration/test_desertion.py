@@ -36,7 +36,14 @@ from projections.recorded import from_wire
 from services.desertion import DesertionDetector
 from services.projector import VIEWS, Projector
 from tests.conftest import new_database
-from tests.integration.helpers import ROOT, Service, query, wait_until
+from tests.integration.helpers import (
+    ROOT,
+    Service,
+    end_offsets,
+    pipeline_env,
+    query,
+    wait_until,
+)
 from tests.unit.examples import envelope
 
 pytestmark = pytest.mark.integration
@@ -160,23 +167,16 @@ def alerts_of(dsn: str, prefix: str) -> list[tuple[str, str, dict[str, Any], str
 def stack(
     broker: EmbeddedBroker, postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    tag = uuid.uuid4().hex[:8]
     logs = tmp_path_factory.mktemp("desertion-logs")
     with new_database(postgres) as dsn:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "DATABASE_URL": dsn,
-            "CRM_RECORDER_GROUP": f"recorder-{tag}",
-            "CRM_PROJECTOR_GROUP": f"projector-{tag}",
-            "CRM_SESSION_TIMEOUT_MS": "3000",
-            "CRM_DESERTION_SETTLE_SECONDS": str(SETTLE_S),
+        env = pipeline_env(
+            broker.bootstrap,
+            dsn,
+            CRM_DESERTION_SETTLE_SECONDS=str(SETTLE_S),
             # each part of a load below is a catch-up, however the pipeline batches it
-            "CRM_DESERTION_CATCH_UP_EVENTS": "40",
-        }
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
-        partitions = [TopicPartition(topics.ALERTS, p) for p in range(6)]
-        alerts_start = consumer.end_offsets(partitions)
-        consumer.close()
+            CRM_DESERTION_CATCH_UP_EVENTS="40",
+        )
+        alerts_start = end_offsets(broker.bootstrap, topics.ALERTS)
         services = {m: Service(m, env, logs / f"{m}.log").start() for m in MODULES}
         settings = Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, DATABASE_URL=dsn)
         spool = tmp_path_factory.mktemp("desertion-spool")

@@ -23,7 +23,7 @@ from events import topics
 from events.producer import TouchpointProducer
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings
-from tests.integration.helpers import ROOT, Service, query, wait_until
+from tests.integration.helpers import ROOT, Service, pipeline_env, query, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +33,7 @@ MODULES = ("services.recorder", "services.relay", "services.projector")
 
 @pytest.fixture
 def env(broker: EmbeddedBroker, fresh_database: str) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "DATABASE_URL": fresh_database,
-        "CRM_RECORDER_GROUP": f"recorder-{tag}",
-        "CRM_PROJECTOR_GROUP": f"projector-{tag}",
-        "CRM_SESSION_TIMEOUT_MS": "3000",
-    }
+    return pipeline_env(broker.bootstrap, fresh_database)
 
 
 @pytest.fixture
