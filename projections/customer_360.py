@@ -35,6 +35,7 @@ from projections.views import CustomerView
 RECENT_LIMIT = 20
 SUMMARY_LIMIT = 120
 PROFILE_FIELDS = ("name", "email", "phone", "address")
+RECENT_FIELDS = ("event_id", "type", "occurred_at", "summary", "version")
 
 Payload = dict[str, Any]
 
@@ -49,12 +50,34 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class RecentItem:
-    event_id: str
-    type: str
+    """One item of "recent"; `doc` is its JSON-ready form, built once (never mutated)."""
+
     occurred_at: datetime
     version: int
-    summary: str
-    occurred_at_text: str = ""  # occurred_at as written in the document (rendered once)
+    doc: dict[str, Any]
+
+    @classmethod
+    def of(cls, envelope: Envelope, version: int, summary: str) -> RecentItem:
+        doc = {
+            "event_id": envelope.event_id,
+            "type": envelope.type,
+            "occurred_at": rfc3339(envelope.occurred_at),
+            "summary": summary,
+            "version": version,
+        }
+        return cls(envelope.occurred_at, version, doc)
+
+    @property
+    def event_id(self) -> str:
+        return self.doc["event_id"]
+
+    @property
+    def type(self) -> str:
+        return self.doc["type"]
+
+    @property
+    def summary(self) -> str:
+        return self.doc["summary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +115,9 @@ def apply(view: Customer360 | None, event: RecordedEvent) -> Customer360:
     if not is_next(view.customer_id, view.version, event):
         return view
     at = envelope.occurred_at
-    summary = _shorten(_SUMMARIES[envelope.type](envelope.payload))
-    item = RecentItem(envelope.event_id, envelope.type, at, event.version, summary, rfc3339(at))
+    item = RecentItem.of(
+        envelope, event.version, _shorten(_SUMMARIES[envelope.type](envelope.payload))
+    )
     counted = replace(
         view,
         version=event.version,
@@ -142,16 +166,7 @@ def to_json(view: Customer360) -> dict[str, Any]:
             },
         },
         "complaints": {"open": len(view.open_complaint_ids), "total": view.complaints_total},
-        "recent": [
-            {
-                "event_id": r.event_id,
-                "type": r.type,
-                "occurred_at": r.occurred_at_text or rfc3339(r.occurred_at),
-                "summary": r.summary,
-                "version": r.version,
-            }
-            for r in view.recent
-        ],
+        "recent": [r.doc for r in view.recent],
         "open_complaint_ids": sorted(view.open_complaint_ids),
     }
 
@@ -178,12 +193,9 @@ def from_json(doc: dict[str, Any]) -> Customer360:
         open_complaint_ids=frozenset(doc["open_complaint_ids"]),
         recent=tuple(
             RecentItem(
-                r["event_id"],
-                r["type"],
                 datetime.fromisoformat(r["occurred_at"]),
                 r["version"],
-                r["summary"],
-                r["occurred_at"],
+                {k: r[k] for k in RECENT_FIELDS},
             )
             for r in doc["recent"]
         ),
@@ -244,6 +256,12 @@ def _complaint_resolved(view: Customer360, envelope: Envelope) -> Customer360:
     )
 
 
+def _complaint_reopened(view: Customer360, envelope: Envelope) -> Customer360:
+    return replace(
+        view, open_complaint_ids=view.open_complaint_ids | {envelope.payload["complaint_id"]}
+    )
+
+
 _EFFECTS: dict[str, Callable[[Customer360, Envelope], Customer360]] = {
     "customer.registered": _registered,
     "customer.updated": _updated,
@@ -251,6 +269,7 @@ _EFFECTS: dict[str, Callable[[Customer360, Envelope], Customer360]] = {
     "purchase.refunded": _refunded,
     "complaint.filed": _complaint_filed,
     "complaint.resolved": _complaint_resolved,
+    "complaint.reopened": _complaint_reopened,
 }
 
 
@@ -294,6 +313,14 @@ def _complaint_resolved_summary(p: Payload) -> str:
     return f"Complaint {p['complaint_id']} resolved: {p['resolution']}"
 
 
+def _complaint_assigned_summary(p: Payload) -> str:
+    return f"Complaint {p['complaint_id']} assigned to {p['assignee']}"
+
+
+def _complaint_reopened_summary(p: Payload) -> str:
+    return f"Complaint {p['complaint_id']} reopened: {p['reason']}"
+
+
 def _invoice_summary(p: Payload) -> str:
     return f"Invoice {p['invoice_id']}: {p['amount']} {p['currency']} due {p['due_date']}"
 
@@ -329,6 +356,8 @@ _SUMMARIES: dict[str, Callable[[Payload], str]] = {
     "purchase.refunded": _refund_summary,
     "complaint.filed": _complaint_filed_summary,
     "complaint.resolved": _complaint_resolved_summary,
+    "complaint.assigned": _complaint_assigned_summary,
+    "complaint.reopened": _complaint_reopened_summary,
     "invoice.issued": _invoice_summary,
     "payment.received": _payment_summary,
     "credit.terms.set": _credit_summary,

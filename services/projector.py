@@ -203,7 +203,7 @@ async def _apply_view(
                 list(folded),
                 [row.version for row in rows],
                 [row.position for row in rows],
-                [Jsonb(view.to_json(row.state), dumps=_dumps) for row in rows],
+                [Jsonb(view.to_json(row.state), dumps=orjson.dumps) for row in rows],
             ),
         )
     return folded
@@ -260,10 +260,6 @@ async def _read_gap(
     return gap
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust lets a fetch wait up to 1.5 s for data (hard-coded); the embedded broker does not
     answer a waiting fetch early when data arrives, so events would sit there. Ask every 50 ms."""
@@ -303,14 +299,22 @@ def make_app(settings: Settings, projector: Projector, detector: DesertionDetect
 
     @app.agent(source, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            events = [decode_recorded(event.value) for event in batch]
+        manual = stream.noack()
+        batch: list[faust.EventT] = []
+        async for event in manual.events():
+            batch.append(event)
+            if len(batch) < BATCH and not manual.channel.empty():
+                continue  # more has arrived already: take it into this batch
+            events = [decode_recorded(e.value) for e in batch]
             changed = await projector.apply(events)
             detector.note(events)
-            oldest_ms = min(event.message.timestamp for event in batch) * 1000
+            for done in batch:  # acked (faust may commit them) only once applied
+                await manual.ack(done)
+            oldest_ms = min(e.message.timestamp for e in batch) * 1000
             log.info("event=batch_applied events=%d rows=%d last_position=%d age_ms=%d",
                      len(events), changed, max(e.position for e in events),
                      time.time() * 1000 - oldest_ms)  # fmt: skip
+            batch = []
 
     @app.task
     async def watch_the_clock() -> None:
