@@ -186,6 +186,18 @@ CATALOG = Catalog(
             boolean("satisfied", required=False),
         ),
         _v1(
+            "complaint.assigned",
+            "A complaint was given to someone to resolve.",
+            text("complaint_id", max_length=100),
+            text("assignee", max_length=200),
+        ),
+        _v1(
+            "complaint.reopened",
+            "A resolved complaint was opened again.",
+            text("complaint_id", max_length=100),
+            text("reason", max_length=1000),
+        ),
+        _v1(
             "invoice.issued",
             "Accounting issued an invoice.",
             text("invoice_id", max_length=100),

@@ -195,6 +195,20 @@ class TypedTouchpoints:
         fields = _fields(complaint_id=complaint_id, resolution=resolution, satisfied=satisfied)
         return self.send("complaint.resolved", customer_id, fields, **options)
 
+    def complaint_assigned(
+        self, customer_id: str, *, complaint_id: str, assignee: str, **options: Unpack[EventOptions]
+    ) -> str:
+        """An open complaint was given to `assignee` to handle."""
+        fields = _fields(complaint_id=complaint_id, assignee=assignee)
+        return self.send("complaint.assigned", customer_id, fields, **options)
+
+    def complaint_reopened(
+        self, customer_id: str, *, complaint_id: str, reason: str, **options: Unpack[EventOptions]
+    ) -> str:
+        """A resolved complaint was opened again."""
+        fields = _fields(complaint_id=complaint_id, reason=reason)
+        return self.send("complaint.reopened", customer_id, fields, **options)
+
     def invoice_issued(
         self,
         customer_id: str,

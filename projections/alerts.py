@@ -34,6 +34,13 @@ CUSTOMER_DESERTING = "customer.deserting"
 CUSTOMER_DESERTING_RESOLVED = "customer.deserting.resolved"
 KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, CUSTOMER_DESERTING,
                    CUSTOMER_DESERTING_RESOLVED})  # fmt: skip
+COMPLAINT_SLA_BREACHED = "complaint.sla.breached"
+PRODUCT_COMPLAINTS_SPIKE = "product.complaints.spike"
+FOLLOWUP_OVERDUE = "followup.overdue"
+COMPLAINT_KINDS = frozenset({COMPLAINT_SLA_BREACHED, PRODUCT_COMPLAINTS_SPIKE, FOLLOWUP_OVERDUE})
+"""The kinds of complaints and follow-ups (projections.complaints, .complaint_signals, .followups).
+Not in KINDS yet, which the API checks kind filters against: join them when the projector raises
+them (tests/integration/test_webhooks.py pins the start of the sorted list of KINDS)."""
 STATUSES = ("open", "acknowledged", "resolved")
 """An alert is `open` when logged, `acknowledged` once someone took it (POST /alerts/{id}/ack), and
 `resolved` when its episode ended (e.g. the deserting customer's spend recovered)."""

@@ -352,14 +352,23 @@ class _Customer:
         self.emit(now + 60, "complaint.filed", "support", payload)
         if severity != "low":
             self._followup("support", f"Check that complaint {complaint_id} is settled", 3)
+        if rng.random() < 0.8:
+            assignee = {"complaint_id": complaint_id, "assignee": self._agent()}
+            self.emit(now + 600, "complaint.assigned", "support", assignee)
         if rng.random() < 0.15:
             return  # left open
         hours = {"low": (1, 24), "medium": (4, 96), "high": (24, 240)}[severity]
-        resolved = now + 60 + int(rng.uniform(*hours) * _HOUR)
+        resolved = now + 660 + int(rng.uniform(*hours) * _HOUR)
         payload = {"complaint_id": complaint_id, "resolution": resolution}
-        self.emit(
-            resolved, "complaint.resolved", "support", payload | {"satisfied": rng.random() < 0.7}
-        )
+        satisfied = rng.random() < 0.7
+        if not satisfied and rng.random() < 0.3:  # the customer calls back: opened again
+            reason = {"complaint_id": complaint_id, "reason": "the customer says it is not fixed"}
+            self.emit(resolved, "complaint.resolved", "support", payload | {"satisfied": False})
+            resolved += int(rng.uniform(2, 48) * _HOUR)
+            self.emit(resolved, "complaint.reopened", "support", reason)
+            resolved += int(rng.uniform(*hours) * _HOUR)
+            satisfied = rng.random() < 0.5
+        self.emit(resolved, "complaint.resolved", "support", payload | {"satisfied": satisfied})
         if refund_share:
             line = quantity * price * Decimal(str(refund_share))
             self._refund(order, resolved + 600, line, f"complaint {complaint_id}")

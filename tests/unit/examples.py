@@ -62,6 +62,8 @@ VALID_PAYLOADS: dict[str, dict[str, Any]] = {
         "resolution": "Refunded one box.",
         "satisfied": True,
     },
+    "complaint.assigned": {"complaint_id": "K-7", "assignee": "Grace"},
+    "complaint.reopened": {"complaint_id": "K-7", "reason": "The new box was crushed too."},
     "invoice.issued": {
         "invoice_id": "INV-2026-001",
         "amount": "129.90",

@@ -232,7 +232,7 @@ def test_asking_the_catalog_for_a_missing_version_is_unsupported_version() -> No
 # --- the real catalog --------------------------------------------------------------------
 
 
-def test_the_real_catalog_holds_the_fourteen_types_of_catalog_v1() -> None:
+def test_the_real_catalog_holds_the_sixteen_types_of_catalog_v1() -> None:
     assert CATALOG.types == sorted(
         [
             "customer.registered",
@@ -243,6 +243,8 @@ def test_the_real_catalog_holds_the_fourteen_types_of_catalog_v1() -> None:
             "purchase.refunded",
             "complaint.filed",
             "complaint.resolved",
+            "complaint.assigned",
+            "complaint.reopened",
             "invoice.issued",
             "payment.received",
             "credit.terms.set",

@@ -239,6 +239,16 @@ def test_a_filed_complaint_is_open_until_resolved() -> None:
     assert to_json(view)["open_complaint_ids"] == ["K-2"]
 
 
+def test_a_reopened_complaint_is_open_again() -> None:
+    events = history(
+        ("complaint.filed", filed("K-1")),
+        ("complaint.resolved", resolved("K-1")),
+        ("complaint.reopened", {"complaint_id": "K-1", "reason": "still broken"}),
+    )
+
+    assert to_json(view_of(events))["complaints"] == {"open": 1, "total": 1}
+
+
 def test_resolving_twice_or_resolving_an_unknown_complaint_never_goes_negative() -> None:
     events = history(
         ("complaint.resolved", resolved("K-9")),
@@ -288,6 +298,8 @@ def test_recent_breaks_ties_in_occurred_at_by_the_higher_version() -> None:
         ("purchase.made", None, "Purchase O-1001: 3 items, 129.90 EUR"),
         ("purchase.refunded", None, "Refund 14.95 EUR for O-1001"),
         ("complaint.filed", None, "Complaint K-7 filed (medium, delivery)"),
+        ("complaint.assigned", None, "Complaint K-7 assigned to Grace"),
+        ("complaint.reopened", None, "Complaint K-7 reopened: The new box was crushed too."),
         ("invoice.issued", None, "Invoice INV-2026-001: 129.90 EUR due 2026-02-04"),
         ("payment.received", None, "Payment PAY-9: 129.90 EUR for INV-2026-001"),
         (
@@ -527,6 +539,12 @@ PAYLOADS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "complaint.resolved": st.fixed_dictionaries(
         {"complaint_id": ids.map("K-{}".format), "resolution": words},
         optional={"satisfied": st.booleans()},
+    ),
+    "complaint.assigned": st.fixed_dictionaries(
+        {"complaint_id": ids.map("K-{}".format), "assignee": words}
+    ),
+    "complaint.reopened": st.fixed_dictionaries(
+        {"complaint_id": ids.map("K-{}".format), "reason": words}
     ),
     "invoice.issued": st.fixed_dictionaries(
         {

@@ -219,22 +219,28 @@ def test_business_customers_get_credit_terms_before_their_first_purchase(
 # --- service -------------------------------------------------------------------------------
 
 
-def test_complaints_are_resolved_at_most_once_and_only_after_being_filed(
-    history: list[Event],
-) -> None:
+def test_complaints_follow_their_lifecycle(history: list[Event]) -> None:
+    """Filed first; assigned while open; resolved while open; reopened while resolved."""
     filed: dict[str, datetime] = {}
-    resolved: set[str] = set()
+    status: dict[str, str] = {}
+    seen: set[str] = set()
     for event in history:
-        complaint_id = event["payload"].get("complaint_id")
-        if event["type"] == "complaint.filed":
-            filed[complaint_id] = at(event)
-        elif event["type"] == "complaint.resolved":
+        complaint_id, kind = event["payload"].get("complaint_id"), event["type"]
+        if kind == "complaint.filed":
+            assert complaint_id not in filed
+            filed[complaint_id], status[complaint_id] = at(event), "open"
+        elif kind.startswith("complaint."):
             assert at(event) > filed[complaint_id]
-            assert complaint_id not in resolved
-            resolved.add(complaint_id)
+            before = status[complaint_id]
+            expected = "resolved" if kind == "complaint.reopened" else "open"
+            assert before == expected, f"{kind} of {complaint_id} while {before}"
+            seen.add(kind)
+            if kind != "complaint.assigned":
+                status[complaint_id] = "open" if kind == "complaint.reopened" else "resolved"
     satisfied = [e["payload"]["satisfied"] for e in of_type(history, "complaint.resolved")]
 
-    assert 0 < len(resolved) < len(filed)  # some are left open
+    assert 0 < sum(s == "resolved" for s in status.values()) < len(filed)  # some are left open
+    assert seen == {"complaint.assigned", "complaint.resolved", "complaint.reopened"}
     assert True in satisfied and False in satisfied
 
 
