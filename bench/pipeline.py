@@ -12,7 +12,8 @@ in one run:
    projector) had every event, and the CPU seconds each process used meanwhile.
 3. Freshness at a steady 1,000 events/s: paced sends; for every 10th event a poller asks
    GET /customers/{id} (httpx, keep-alive) until the customer's version reaches the one this
-   event gave it. A fixed number of pollers (`--pollers`) each take the sample due soonest and
+   event gave it. A fixed number of pollers (`--pollers`), in a process of their own so that
+   their polls do not wait for the GIL of the sending thread, each take the sample due soonest and
    poll it again 5 ms after a "not yet"; with many samples pending each is polled less often,
    so the report also gives the lower bound (the last "not yet" answer) and the mean time spent
    in each stage (events waiting there / rate, from PostgreSQL).
@@ -43,6 +44,7 @@ import ctypes
 import heapq
 import importlib.util
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -248,6 +250,7 @@ class Stack:
         self.postgres = EmbeddedPostgres(workdir / "pg", free_port())
         self.api_port = free_port()
         self.services = [Service(m, workdir / f"{m}.log") for m in modules]
+        self.extra_pids: dict[str, int] = {}  # more processes of the bench, by name
 
     @property
     def api_url(self) -> str:
@@ -300,6 +303,7 @@ class Stack:
         """CPU seconds (user + system) of every process of each component, by pid."""
         roots = {s.module: s.proc.pid for s in self.services if s.proc is not None}
         roots |= {"broker": self.broker.pid, "postgres": self.postgres.pid, "bench": os.getpid()}
+        roots |= self.extra_pids
         out: dict[str, dict[int, float]] = {}
         for name, pid in roots.items():
             out[name] = {}
@@ -676,10 +680,56 @@ class FreshnessWatcher:
         self._heap.clear()
 
 
-async def _new_watcher(client: httpx.AsyncClient, workers: int) -> FreshnessWatcher:
-    watcher = FreshnessWatcher(client, asyncio.get_running_loop())
-    watcher.start(workers)
-    return watcher
+class WatcherProcess:
+    """The FreshnessWatcher in a process of its own: its polls do not wait for the GIL while the
+    main thread sends (perf_counter is CLOCK_MONOTONIC, shared by processes on Linux)."""
+
+    def __init__(self, api_url: str, workers: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # the parent has threads: never fork it
+        self._samples: multiprocessing.Queue[tuple[str, int, float] | None] = ctx.Queue()
+        self._results: multiprocessing.Queue[dict[str, Any]] = ctx.Queue()
+        self.proc = ctx.Process(
+            target=_watch, args=(api_url, workers, self._samples, self._results), daemon=True
+        )
+        self.proc.start()
+
+    def add(self, customer: str, expected: int, sent_at: float) -> None:
+        self._samples.put((customer, expected, sent_at))
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Wait until every sample is seen or given up; the watcher's figures."""
+        self._samples.put(None)
+        try:
+            return self._results.get(timeout=timeout)
+        finally:
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def _watch(
+    api_url: str,
+    workers: int,
+    samples: multiprocessing.Queue[tuple[str, int, float] | None],
+    results: multiprocessing.Queue[dict[str, Any]],
+) -> None:
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        async with await new_client(api_url, workers) as client:
+            watcher = FreshnessWatcher(client, loop)
+            watcher.start(workers)
+            while (sample := await loop.run_in_executor(None, samples.get)) is not None:
+                watcher.add(*sample)
+            await watcher.drain(FRESHNESS_GIVE_UP_S + 5)
+        return {
+            "latency_ms": watcher.latency_ms,
+            "lower_ms": watcher.lower_ms,
+            "resolution_ms": watcher.resolution_ms,
+            "missed": watcher.missed,
+            "polls": watcher.polls,
+        }
+
+    results.put(asyncio.run(main()))
 
 
 def run_steady(
@@ -689,8 +739,6 @@ def run_steady(
     rate: float,
     seconds: float,
     producer: TouchpointProducer,
-    runner: AsyncRunner,
-    client: httpx.AsyncClient,
     monitor: Monitor,
     stack: Stack,
     pollers: int,
@@ -703,7 +751,8 @@ def run_steady(
         touchpoint(rng, customer_id(rng.randrange(customers)), 10_000_000 + i, now)
         for i in range(total)
     ]
-    watcher = runner.run(_new_watcher(client, pollers), 5)
+    watcher = WatcherProcess(stack.api_url, pollers)
+    stack.extra_pids["pollers"] = watcher.proc.pid
     monitor.interval = 0.5  # keep the monitor's own load low while latency is measured
     baseline = monitor.sent
     cpu_before = stack.cpu_seconds()
@@ -724,12 +773,12 @@ def run_steady(
     results.steady_rate = total / elapsed
     if producer.flush(timeout=60):
         raise BenchError("steady phase: the SDK could not deliver within 60 s")
-    runner.run(watcher.drain(FRESHNESS_GIVE_UP_S + 5), FRESHNESS_GIVE_UP_S + 30)
-    results.freshness_ms = sorted(watcher.latency_ms)
-    results.freshness_lower_ms = sorted(watcher.lower_ms)
-    results.freshness_resolution_ms = sorted(watcher.resolution_ms)
-    results.freshness_missed = watcher.missed
-    results.steady_polls = watcher.polls
+    watched = watcher.finish(FRESHNESS_GIVE_UP_S + 30)
+    results.freshness_ms = sorted(watched["latency_ms"])
+    results.freshness_lower_ms = sorted(watched["lower_ms"])
+    results.freshness_resolution_ms = sorted(watched["resolution_ms"])
+    results.freshness_missed = watched["missed"]
+    results.steady_polls = watched["polls"]
     # Mean events waiting in each stage (Little's law: / rate = mean time in the stage), over
     # the samples after the first second. Positions equal event counts here (one writer).
     window = [s for s in monitor.since(started + 1.0) if s.at <= started + elapsed]
@@ -1011,7 +1060,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         log(f"phase 3: {args.steady_rate:,.0f} events/s for {args.steady_seconds:.0f} s")
         steady = run_steady(
             rng, counts, args.customers, args.steady_rate, args.steady_seconds,
-            producer, runner, client, monitor, stack, args.pollers, results,
+            producer, monitor, stack, args.pollers, results,
         )  # fmt: skip
         monitor.wait_viewed(
             1 + args.events + steady, stack, what="the steady-phase events", timeout=120

@@ -4,6 +4,8 @@
   `version`, keyed by customer id, in position order.
 - The alert log (crm_alerts, written by the projector) → crm.alerts: every alert document, keyed
   by customer id, in the order it was logged.
+- The intake outbox (crm_intake_outbox: touchpoints the platform emits itself, such as follow-ups
+  scheduled after a purchase) → crm.touchpoints, where the recorder records them.
 
 At least once: the last published position of each outbox is tracked in PostgreSQL only after the
 broker acknowledged it, per incarnation of the topic (its topic id), so after a crash the relay
@@ -23,7 +25,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import psycopg
@@ -37,6 +39,7 @@ from infra.eventstore import SCHEMA_LOCK, EventStore, notifications, relay_track
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.alerts import ALERTS_CHANNEL, CREATE_ALERTS_SQL, SELECT_ALERTS_AFTER_SQL
+from services.intake_outbox import CREATE_OUTBOX_SQL, OUTBOX_CHANNEL, SELECT_AFTER_SQL
 
 log = logging.getLogger("crm.relay")
 
@@ -90,24 +93,60 @@ class EventOutbox:
         return self.store.new_events()
 
 
-class AlertOutbox:
-    """The alert log (crm_alerts), published to crm.alerts."""
+class TableOutbox:
+    """A PostgreSQL table with a growing `seq`, published to `topic`: `select_sql` reads
+    (seq, key, value) rows after a seq, `to_value` turns a value into the message bytes."""
 
-    topic = topics.ALERTS
-
-    def __init__(self, dsn: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        topic: str,
+        *,
+        create_sql: str,
+        select_sql: str,
+        channel: str,
+        to_value: Callable[[Any], bytes],
+    ) -> None:
         self.dsn = dsn
+        self.topic = topic
+        self.select_sql = select_sql
+        self.channel = channel
+        self.to_value = to_value
         with psycopg.connect(dsn) as conn:  # one transaction, under the schema lock
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            conn.execute(CREATE_ALERTS_SQL)
+            conn.execute(create_sql)
 
     def read(self, after: int, limit: int) -> list[OutboxMessage]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            rows = conn.execute(SELECT_ALERTS_AFTER_SQL, (after, limit)).fetchall()
-        return [OutboxMessage(seq, key.encode(), orjson.dumps(doc)) for seq, key, doc in rows]
+            rows = conn.execute(self.select_sql, (after, limit)).fetchall()
+        return [OutboxMessage(seq, key.encode(), self.to_value(v)) for seq, key, v in rows]
 
     def new_rows(self) -> AbstractContextManager[Waiter]:
-        return notifications(self.dsn, ALERTS_CHANNEL)
+        return notifications(self.dsn, self.channel)
+
+
+def alert_outbox(dsn: str) -> TableOutbox:
+    """The alert log (crm_alerts, written by the detectors), published to crm.alerts."""
+    return TableOutbox(
+        dsn,
+        topics.ALERTS,
+        create_sql=CREATE_ALERTS_SQL,
+        select_sql=SELECT_ALERTS_AFTER_SQL,
+        channel=ALERTS_CHANNEL,
+        to_value=orjson.dumps,
+    )
+
+
+def intake_outbox(dsn: str) -> TableOutbox:
+    """Touchpoints the platform emits (services/intake_outbox.py), published to crm.touchpoints."""
+    return TableOutbox(
+        dsn,
+        topics.TOUCHPOINTS,
+        create_sql=CREATE_OUTBOX_SQL,
+        select_sql=SELECT_AFTER_SQL,
+        channel=OUTBOX_CHANNEL,
+        to_value=bytes,
+    )
 
 
 class Relay:
@@ -200,7 +239,8 @@ def main() -> None:
         signal.signal(signum, lambda *_: stop.set())
     relays = [
         Relay(EventOutbox(store), store, new_producer),
-        Relay(AlertOutbox(settings.dsn), store, new_producer),
+        Relay(alert_outbox(settings.dsn), store, new_producer),
+        Relay(intake_outbox(settings.dsn), store, new_producer),
     ]
     failed: list[str] = []
     threads = [
