@@ -1,0 +1,153 @@
+"""Merging duplicate customers: the pure rules. Pure: no I/O.
+
+A merge is recorded as a `customer.merged` event on the stream of the customer merged away:
+
+    {"type": "customer.merged", "schema_version": 1, "customer_id": "C-7", ...,
+     "payload": {"into_customer_id": "C-2"}}
+
+`into_customer_id` (required, a customer id: 1-64 characters of `A-Z a-z 0-9 _ . : -`) is the
+customer that survives. (The event type is not in the catalog yet; this is the payload expected.)
+
+Rules:
+
+- A customer cannot be merged into itself (`merge_into_self`), nor into a customer that was
+  itself merged away (`merge_into_merged`: merge into its survivor instead), nor merged a second
+  time (`already_merged`), nor, when the caller passes the known customers, into an unknown one
+  (`unknown_customer`). A payload without a valid `into_customer_id` is `invalid_payload`.
+- These rules keep the merged → into mapping free of cycles, but only if merges are checked one
+  after another against every merge accepted before (in the event store's global order, so that
+  a rebuild gives the same verdicts): two concurrent merges C-1 → C-2 and C-2 → C-1 checked
+  against the same old mapping would both pass. `survivor` therefore detects cycles anyway.
+- Chains are allowed and followed: C-1 → C-2 is accepted while C-2 still exists; if C-2 is later
+  merged into C-3, C-1's survivor is C-3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from events.envelope import CUSTOMER_ID_PATTERN
+
+CUSTOMER_MERGED = "customer.merged"
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+
+MergedInto = Mapping[str, str]
+"""Every accepted merge: the id merged away → the id it was merged into (maybe merged since)."""
+
+
+class MergeError(Exception):
+    """A merge rule was broken: `code` for machines (like the dead-letter codes), `message` for
+    people, naming what was expected and what came."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class MergeRejected(MergeError):
+    """A `customer.merged` event that must not take effect; see the module docstring for codes."""
+
+    def __init__(self, code: str, customer_id: str, into_customer_id: str | None, message: str):
+        super().__init__(code, message)
+        self.customer_id = customer_id
+        self.into_customer_id = into_customer_id
+
+
+class MergeCycle(MergeError):
+    """The mapping leads from a customer back to itself: `cycle` lists the ids in order."""
+
+    def __init__(self, cycle: tuple[str, ...]) -> None:
+        super().__init__("merge_cycle", "merges form a cycle: " + " -> ".join((*cycle, cycle[0])))
+        self.cycle = cycle
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """`customer_id` is merged away into `into_customer_id`."""
+
+    customer_id: str
+    into_customer_id: str
+
+
+def merge_of(customer_id: str, payload: Mapping[str, Any]) -> Merge:
+    """The merge a `customer.merged` payload on `customer_id`'s stream asks for; MergeRejected
+    (`invalid_payload`) when `into_customer_id` is missing or not a customer id, or the payload
+    carries other fields."""
+    into = payload.get("into_customer_id")
+    if not isinstance(into, str) or not _CUSTOMER_ID.fullmatch(into):
+        raise MergeRejected(
+            "invalid_payload",
+            customer_id,
+            None,
+            "payload.into_customer_id: expected 1-64 characters of A-Z a-z 0-9 _ . : -, "
+            f"got {into!r}",
+        )
+    unknown = sorted(set(payload) - {"into_customer_id"})
+    if unknown:
+        raise MergeRejected("invalid_payload", customer_id, into, f"unknown field {unknown[0]!r}")
+    return Merge(customer_id, into)
+
+
+def check_merge(merge: Merge, merged_into: MergedInto, known: Container[str] | None = None) -> None:
+    """Raise MergeRejected if `merge` breaks a rule, given every merge accepted before it;
+    `known` (optional) holds the ids of the customers that exist."""
+    source, target = merge.customer_id, merge.into_customer_id
+    if source == target:
+        raise MergeRejected(
+            "merge_into_self", source, target, f"customer {source} cannot be merged into itself"
+        )
+    if source in merged_into:
+        raise MergeRejected(
+            "already_merged",
+            source,
+            target,
+            f"customer {source} was already merged into {merged_into[source]}",
+        )
+    if target in merged_into:
+        raise MergeRejected(
+            "merge_into_merged",
+            source,
+            target,
+            f"customer {target} was itself merged away; merge {source} into "
+            f"{survivor(target, merged_into)} instead",
+        )
+    if known is not None and target not in known:
+        raise MergeRejected(
+            "unknown_customer", source, target, f"no customer {target} to merge {source} into"
+        )
+
+
+def with_merge(
+    merged_into: MergedInto, merge: Merge, known: Container[str] | None = None
+) -> dict[str, str]:
+    """The mapping after `merge` (a new dict; `merged_into` is left as it was); MergeRejected
+    if it breaks a rule."""
+    check_merge(merge, merged_into, known)
+    return {**merged_into, merge.customer_id: merge.into_customer_id}
+
+
+def survivor(customer_id: str, merged_into: MergedInto) -> str:
+    """The customer that `customer_id`'s history lives on: itself if never merged, else the end
+    of its chain of merges. MergeCycle if the chain comes back to an id already on it."""
+    seen: dict[str, int] = {}
+    current = customer_id
+    path: list[str] = []
+    while current in merged_into:
+        if current in seen:
+            raise MergeCycle(tuple(path[seen[current] :]))
+        seen[current] = len(path)
+        path.append(current)
+        current = merged_into[current]
+    return current
+
+
+def merged_away(survivor_id: str, merged_into: MergedInto) -> frozenset[str]:
+    """Every id whose survivor is `survivor_id` (not including it): the ids whose history and
+    identifiers now belong to it."""
+    return frozenset(
+        merged_id for merged_id in merged_into if survivor(merged_id, merged_into) == survivor_id
+    )
