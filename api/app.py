@@ -18,7 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from api.alert_feed import AlertFeed
 from api.openapi import add_touchpoint_schemas
 from api.producer import LazyProducer
-from api.routes import alerts, balances, customers, events, health, subscriptions
+from api.routes import (
+    alerts,
+    balances,
+    complaints,
+    customers,
+    events,
+    followups,
+    health,
+    reports,
+    subscriptions,
+)
 from api.routes.health import ConsumerLag
 from events.topics import EVENTS, TOUCHPOINTS
 from infra.eventstore import EventStore
@@ -84,6 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(customers.router)
     app.include_router(balances.router)
+    app.include_router(complaints.router)
+    app.include_router(followups.router)
+    app.include_router(reports.router)
     app.include_router(alerts.router)
     app.include_router(subscriptions.router)
     app.include_router(health.router)

@@ -1,16 +1,20 @@
 """HTTP ingest rules: a request body of one envelope or a list of envelopes becomes Kafka
-records for crm.touchpoints, all of them or none."""
+records for crm.touchpoints, all of them or none; none either when a complaint event is a
+transition its case cannot take."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from events.codec import encode
-from events.envelope import new_event_id, validate_envelope
+from events.envelope import Envelope, new_event_id, validate_envelope
 from events.errors import ErrorCode, InvalidEvent
+from infra.eventstore import ComplaintState
+from projections.complaints import COMPLAINT_TYPES, case_from_json, check_transitions
 
 MAX_EVENTS = 1000
 
@@ -22,6 +26,7 @@ class Record:
     event_id: str
     key: bytes
     value: bytes
+    envelope: Envelope
 
 
 class RejectedBatch(Exception):
@@ -36,6 +41,46 @@ class RejectedBatch(Exception):
     @classmethod
     def of_body(cls, code: ErrorCode, message: str) -> RejectedBatch:
         return cls(message, [{"code": code, "field": "", "message": message}])
+
+
+class ImpossibleTransitions(RejectedBatch):
+    """Nothing of the request is accepted: `errors` lists each complaint event its case cannot
+    take (`index`, `complaint_id`, the case's `status` then, and the reason)."""
+
+
+def has_complaints(records: Sequence[Record]) -> bool:
+    return any(r.envelope.type in COMPLAINT_TYPES for r in records)
+
+
+def refuse_impossible_transitions(records: Sequence[Record], state: ComplaintState) -> None:
+    """Raise ImpossibleTransitions if a complaint event of the request is a transition its case
+    cannot take, given the recorded `state` and the request's events before it, in order. An
+    event whose id is recorded already, or earlier in the request, is a resend: not checked."""
+    seen = set(state.known)
+    fresh: list[int] = []
+    for index, record in enumerate(records):
+        if record.event_id not in seen:
+            seen.add(record.event_id)
+            fresh.append(index)
+    cases = {key: case_from_json(stored.state) for key, stored in state.cases.items()}
+    checked = check_transitions(cases, [records[i].envelope for i in fresh])
+    if not checked.refused:
+        return
+    errors = [
+        {
+            "index": fresh[r.index],
+            **r.error.as_dict(),
+            "complaint_id": r.error.complaint_id,
+            "status": "unknown" if r.case is None else r.case.status,
+        }
+        for r in checked.refused
+    ]
+    first = errors[0]
+    detail = (
+        f"{len(errors)} of {len(records)} events are impossible complaint transitions; nothing "
+        f"was accepted (event {first['index']}: {first['message']})"
+    )
+    raise ImpossibleTransitions(detail, errors)
 
 
 def parse_batch(body: bytes, max_event_bytes: int) -> list[Record]:
@@ -82,4 +127,4 @@ def _record(item: Any, max_event_bytes: int) -> Record:
         raise InvalidEvent(
             "size_violation", "", f"event is {len(value)} bytes, the limit is {max_event_bytes}"
         )
-    return Record(envelope.event_id, envelope.customer_id.encode(), value)
+    return Record(envelope.event_id, envelope.customer_id.encode(), value, envelope)

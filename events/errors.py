@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 ErrorCode = Literal[
-    "invalid_json", "schema_violation", "unknown_type", "unsupported_version", "size_violation"
+    "invalid_json",
+    "schema_violation",
+    "unknown_type",
+    "unsupported_version",
+    "size_violation",
+    "invalid_transition",
 ]
+"""`invalid_transition`: a valid complaint event its case cannot take in its recorded state (the
+recorder and POST /events check it; `projections.complaints.transition` says why)."""
 
 
 class InvalidEvent(ValueError):

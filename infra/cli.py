@@ -67,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     replay = commands.add_parser(
         "replay", help="drop read models and rebuild them from the event store"
     )
-    replay.add_argument("views", nargs="*", metavar="VIEW", help="e.g. customer_360 (default: all)")
+    replay.add_argument(
+        "views",
+        nargs="*",
+        metavar="VIEW",
+        help="customer_360, balance, complaints, followups or touchpoints (default: all)",
+    )
     replay.set_defaults(run=lambda args: _exec("services.projector", "replay", *args.views))
 
     migrate = commands.add_parser("migrate", help="create the event store and webhook tables")

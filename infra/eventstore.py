@@ -1,28 +1,30 @@
 """The event store: one eventsourcing stream per customer in PostgreSQL, a global position for
-every event, and the intake ledger (event ids seen, Kafka intake positions) written in the same
-transaction as the events it guards."""
+every event, and the intake ledger (event ids seen, Kafka intake positions, the state of each
+complaint case) written in the same transaction as the events it guards."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 
 from events import topics
-from events.codec import encode
+from events.codec import decode, encode
 from events.envelope import Envelope
 
 EVENTS_TABLE = "crm_events"
 TRACKING_TABLE = "crm_tracking"
 INTAKE_TABLE = "crm_intake"
+COMPLAINT_CASES_TABLE = "crm_complaint_cases"
 _CONFLICT_RETRIES = 5
 SCHEMA_LOCK = 7_310_001  # advisory lock id serializing schema changes
 RELAY_TRACKING_PREFIX = f"relay:{topics.EVENTS}:"
@@ -70,6 +72,74 @@ class RecordOutcome:
     duplicates: int
 
 
+CaseKey = tuple[str, str]
+"""(customer_id, complaint_id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCase:
+    """A row of the complaint case table: the case state (JSON, as its writer made it) after
+    `revision` recorded complaint events."""
+
+    revision: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseWrite:
+    """A complaint case after `event_ids` (recorded in the same transaction), written only over
+    the `revision` it was computed from (0: no row yet)."""
+
+    customer_id: str
+    complaint_id: str
+    revision: int
+    state: dict[str, Any]
+    event_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseWrites:
+    """The case changes of a batch: every new event of a `types` type must have made one."""
+
+    types: frozenset[str]
+    writes: Sequence[CaseWrite]
+
+
+@dataclass(frozen=True, slots=True)
+class ComplaintState:
+    """What intake needs to check complaint events: which of their ids are already recorded,
+    and the recorded cases they are about."""
+
+    known: set[str]
+    cases: dict[CaseKey, StoredCase]
+
+
+class CaseConflict(Exception):
+    """Case writes computed from states that are no longer current (another writer moved a case
+    on, or an event they count is recorded already): check the batch again."""
+
+
+CaseBackfill = Callable[[Iterator[Envelope]], Iterable[CaseWrite]]
+"""Folds stored complaint events (by customer, in version order) into case rows."""
+
+_CREATE_CASES = sql.SQL(
+    "CREATE TABLE {} (customer_id text NOT NULL, complaint_id text NOT NULL, "
+    "revision bigint NOT NULL, state jsonb NOT NULL, PRIMARY KEY (customer_id, complaint_id))"
+).format(sql.Identifier(COMPLAINT_CASES_TABLE))
+_WRITE_CASES = sql.SQL(
+    "WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+    "%s::text[]) AS w(customer_id, complaint_id, expected, revision, state)), "
+    "updated AS (UPDATE {t} c SET revision = w.revision, state = w.state::jsonb FROM w "
+    "WHERE w.expected > 0 AND c.customer_id = w.customer_id "
+    "AND c.complaint_id = w.complaint_id AND c.revision = w.expected RETURNING 1), "
+    "inserted AS (INSERT INTO {t} (customer_id, complaint_id, revision, state) "
+    "SELECT customer_id, complaint_id, revision, state::jsonb FROM w WHERE expected = 0 "
+    "ON CONFLICT DO NOTHING RETURNING 1) "
+    "SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted) AS n"
+).format(t=sql.Identifier(COMPLAINT_CASES_TABLE))
+_BACKFILL_CHUNK = 1000
+
+
 class _Recorder(PostgresProcessRecorder):
     """eventsourcing's process recorder, also writing intake rows and several trackings in
     the transaction that inserts the stored events."""
@@ -90,6 +160,9 @@ class _Recorder(PostgresProcessRecorder):
     ) -> None:
         for tracking in kwargs.get("trackings", ()):
             self._insert_tracking(curs, tracking)
+        cases: Sequence[CaseWrite] = kwargs.get("cases", ())
+        if cases:
+            _write_cases(curs, cases)
         rows: list[tuple[str, str, int]] = kwargs.get("intake", [])
         if rows:
             ids, customers, versions = zip(*rows, strict=True)
@@ -101,6 +174,28 @@ class _Recorder(PostgresProcessRecorder):
                 (list(ids), list(customers), list(versions)),
             )
         super()._insert_events(curs, stored_events, **kwargs)
+
+
+def _write_cases(curs: psycopg.Cursor[DictRow], cases: Sequence[CaseWrite]) -> None:
+    """Write case rows, each only over the revision it was computed from; CaseConflict when
+    any row has moved on (nothing of the transaction is then kept)."""
+    curs.execute(
+        _WRITE_CASES,
+        (
+            [c.customer_id for c in cases],
+            [c.complaint_id for c in cases],
+            [c.revision for c in cases],
+            [c.revision + len(c.event_ids) for c in cases],
+            [orjson.dumps(c.state).decode() for c in cases],
+        ),
+    )
+    row = curs.fetchone()
+    written = None if row is None else row["n"]
+    if written != len(cases):
+        raise CaseConflict(
+            f"expected to write {len(cases)} complaint cases over the revisions read, wrote "
+            f"{written}: another writer changed some of them"
+        )
 
 
 class EventStore:
@@ -119,6 +214,7 @@ class EventStore:
             originator_id_type="text",
         )
         self.recorder = _Recorder(self.datastore)
+        self._cases_exist = False
 
     def create_tables(self) -> None:
         """Create the tables if missing; safe when several processes start at once."""
@@ -129,30 +225,94 @@ class EventStore:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
+    def create_complaint_cases(self, types: Collection[str], backfill: CaseBackfill) -> int | None:
+        """Create the complaint case table if missing, filled by `backfill` from the events of
+        `types` already stored, in one transaction that holds off inserts into the event store
+        meanwhile, so the table never misses an event. The number of cases written, or None
+        when the table existed. Call `create_tables` first."""
+        if self._complaint_cases_exist():
+            return None
+        with psycopg.connect(self.dsn, row_factory=dict_row) as conn:  # one transaction
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            if _table_exists(conn, COMPLAINT_CASES_TABLE):
+                return None
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(EVENTS_TABLE))
+            )
+            conn.execute(_CREATE_CASES)
+            written = 0
+            with conn.cursor() as curs:
+                for chunk in _chunks(backfill(_stored_envelopes(conn, types)), _BACKFILL_CHUNK):
+                    _write_cases(curs, chunk)
+                    written += len(chunk)
+        self._cases_exist = True
+        return written
+
+    def complaint_state(self, event_ids: list[str], keys: Collection[CaseKey]) -> ComplaintState:
+        """The recorded ones among `event_ids`, and the recorded cases of `keys` (one
+        connection, two indexed lookups). Nothing is known while the case table does not exist
+        (no recorder has created it yet)."""
+        if not self._complaint_cases_exist():
+            return ComplaintState(set(), {})
+        customers, complaints = [k[0] for k in keys], [k[1] for k in keys]
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(
+                f"SELECT event_id::text AS id FROM {INTAKE_TABLE} WHERE event_id = ANY(%s::uuid[])",
+                (event_ids,),
+            )
+            known = {row["id"] for row in cursor.fetchall()}
+            cursor.execute(
+                f"SELECT c.customer_id, c.complaint_id, c.revision, c.state::text AS state "
+                f"FROM {COMPLAINT_CASES_TABLE} c "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(customer_id, complaint_id) "
+                "USING (customer_id, complaint_id)",
+                (customers, complaints),
+            )
+            cases = {
+                (row["customer_id"], row["complaint_id"]): StoredCase(
+                    row["revision"], orjson.loads(row["state"])
+                )
+                for row in cursor.fetchall()
+            }
+        return ComplaintState(known, cases)
+
+    def _complaint_cases_exist(self) -> bool:
+        if not self._cases_exist:
+            with self.datastore.get_connection() as conn:
+                self._cases_exist = _table_exists(conn, COMPLAINT_CASES_TABLE)
+        return self._cases_exist
+
     def close(self) -> None:
         self.datastore.close()
 
     def record(
-        self, envelopes: Sequence[Envelope], positions: Iterable[IntakePosition] = ()
+        self,
+        envelopes: Sequence[Envelope],
+        positions: Iterable[IntakePosition] = (),
+        cases: CaseWrites | None = None,
     ) -> RecordOutcome:
         """Append each new envelope to its customer's stream, in the given order, with the
-        next customer version; skip event ids already recorded; track `positions`; one
-        transaction. A concurrent writer's conflict is resolved by reading again and retrying."""
+        next customer version; skip event ids already recorded; track `positions`; write the
+        complaint `cases` the new events made; one transaction. A concurrent writer's conflict
+        is resolved by reading again and retrying, except a CaseConflict: `cases` no longer fit
+        (the caller checks the events again). Without `cases` the case table is not touched."""
         trackings = [Tracking(p.tracking_name, p.next_offset) for p in positions]
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                return self._try_record(envelopes, trackings)
+                return self._try_record(envelopes, trackings, cases)
             except (IntegrityError, psycopg.IntegrityError):
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
     def _try_record(
-        self, envelopes: Sequence[Envelope], trackings: list[Tracking]
+        self, envelopes: Sequence[Envelope], trackings: list[Tracking], cases: CaseWrites | None
     ) -> RecordOutcome:
         unique = {e.event_id: e for e in reversed(envelopes)}  # first occurrence wins
         known = self.known_event_ids(list(unique))
         fresh = [e for e in envelopes if e.event_id not in known and unique.get(e.event_id) is e]
+        if cases is not None:
+            _check_case_writes(fresh, cases)
         versions = self.stream_versions({e.customer_id for e in fresh})
         stored: list[StoredEvent] = []
         intake: list[tuple[str, str, int]] = []
@@ -169,7 +329,8 @@ class EventStore:
             )
             intake.append((envelope.event_id, envelope.customer_id, version))
         if stored or trackings:
-            self.recorder.insert_events(stored, trackings=trackings, intake=intake)
+            writes = () if cases is None else cases.writes
+            self.recorder.insert_events(stored, trackings=trackings, intake=intake, cases=writes)
         return RecordOutcome(recorded=len(stored), duplicates=len(envelopes) - len(stored))
 
     def known_event_ids(self, event_ids: list[str]) -> set[str]:
@@ -234,3 +395,46 @@ class EventStore:
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(query, params)
             return cursor.fetchall()
+
+
+def _check_case_writes(fresh: Sequence[Envelope], cases: CaseWrites) -> None:
+    """CaseConflict unless the case writes count exactly the new events of the guarded types."""
+    guarded = {e.event_id for e in fresh if e.type in cases.types}
+    counted = {event_id for write in cases.writes for event_id in write.event_ids}
+    if guarded != counted:
+        raise CaseConflict(
+            f"expected the case writes to count the {len(guarded)} new complaint events, they "
+            f"count {len(counted)} ({len(counted - guarded)} already recorded, "
+            f"{len(guarded - counted)} unchecked)"
+        )
+
+
+def _table_exists(conn: psycopg.Connection[DictRow], table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (table,)).fetchone()
+    assert row is not None
+    return bool(row["found"])
+
+
+def _stored_envelopes(
+    conn: psycopg.Connection[DictRow], types: Collection[str]
+) -> Iterator[Envelope]:
+    """The stored events of `types`, by customer then version (a server-side cursor)."""
+    with conn.cursor(name="crm_complaint_backfill") as cursor:
+        cursor.execute(
+            f"SELECT state FROM {EVENTS_TABLE} WHERE topic = ANY(%s::text[]) "
+            "ORDER BY originator_id, originator_version",
+            (list(types),),
+        )
+        for row in cursor:
+            yield decode(bytes(row["state"]), max_bytes=len(row["state"]))
+
+
+def _chunks(items: Iterable[CaseWrite], size: int) -> Iterator[list[CaseWrite]]:
+    chunk: list[CaseWrite] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -45,6 +45,21 @@ class Settings(BaseSettings):
     # A purchase or refund that occurred over `desertion_history_seconds` ago is judged this much
     # later (it may be the first event of a catch-up).
     desertion_hold_seconds: float = Field(default=0.5, ge=0)
+    # Complaints: how long a complaint may stay open, by severity (from when it was filed or
+    # reopened), before `complaint.sla.breached`.
+    sla_high_hours: float = Field(default=24.0, gt=0)
+    sla_medium_hours: float = Field(default=72.0, gt=0)
+    sla_low_hours: float = Field(default=168.0, gt=0)
+    # A product is spiking when at least `spike_minimum` complaints about it were filed in the
+    # rolling `spike_window_hours`, and at least `spike_factor` times its usual number per window
+    # over the `spike_baseline_days` before.
+    spike_minimum: int = Field(default=5, ge=1)
+    spike_window_hours: float = Field(default=24.0, gt=0)
+    spike_baseline_days: float = Field(default=28.0, gt=0)
+    spike_factor: Decimal = Field(default=Decimal(3), gt=0)
+    # How often the projector's clock looks for complaints past their SLA and follow-ups past
+    # their due time.
+    deadline_check_seconds: float = Field(default=1.0, gt=0)
     # Webhooks: a delivery is retried with exponential backoff for at most `webhook_retry_seconds`.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_seconds: float = Field(default=3600.0, gt=0)

@@ -32,15 +32,15 @@ CREDIT_LIMIT_EXCEEDED = "credit.limit.exceeded"
 INVOICE_OVERDUE = "invoice.overdue"
 CUSTOMER_DESERTING = "customer.deserting"
 CUSTOMER_DESERTING_RESOLVED = "customer.deserting.resolved"
-KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, CUSTOMER_DESERTING,
-                   CUSTOMER_DESERTING_RESOLVED})  # fmt: skip
 COMPLAINT_SLA_BREACHED = "complaint.sla.breached"
 PRODUCT_COMPLAINTS_SPIKE = "product.complaints.spike"
 FOLLOWUP_OVERDUE = "followup.overdue"
 COMPLAINT_KINDS = frozenset({COMPLAINT_SLA_BREACHED, PRODUCT_COMPLAINTS_SPIKE, FOLLOWUP_OVERDUE})
-"""The kinds of complaints and follow-ups (projections.complaints, .complaint_signals, .followups).
-Not in KINDS yet, which the API checks kind filters against: join them when the projector raises
-them (tests/integration/test_webhooks.py pins the start of the sorted list of KINDS)."""
+"""The kinds of complaints and follow-ups (projections.complaints, .complaint_signals, .followups),
+raised by the projector's spike check and its clock (services/complaint_alerts.py)."""
+KINDS = frozenset({CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, CUSTOMER_DESERTING,
+                   CUSTOMER_DESERTING_RESOLVED}) | COMPLAINT_KINDS  # fmt: skip
+"""Every kind the platform raises; the API checks kind filters against it."""
 STATUSES = ("open", "acknowledged", "resolved")
 """An alert is `open` when logged, `acknowledged` once someone took it (POST /alerts/{id}/ack), and
 `resolved` when its episode ended (e.g. the deserting customer's spend recovered)."""

@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Literal, NamedTuple
 
 from projections.alerts import PRODUCT_COMPLAINTS_SPIKE, Alert, alert_id
-from projections.complaints import ComplaintCase, breached
+from projections.complaints import ComplaintCase, CustomerComplaints, breached
 from projections.recorded import rfc3339
 
 Satisfaction = Literal["happy", "neutral", "unhappy"]
@@ -188,8 +188,39 @@ def satisfaction(cases: Iterable[ComplaintCase], now: datetime) -> Satisfaction:
     cases = list(cases)
     verdicts = [c for c in cases if not c.is_open and c.satisfied is not None]
     latest = max(verdicts, key=lambda c: (c.resolved_at, c.complaint_id), default=None)
-    if any(breached(c, now) for c in cases) or (latest is not None and not latest.satisfied):
+    open_breached = [breached(c, now) for c in cases if c.is_open]
+    return satisfaction_of(open_breached, None if latest is None else latest.satisfied)
+
+
+def satisfaction_of(open_breached: Sequence[bool], latest_verdict: bool | None) -> Satisfaction:
+    """The rule on what it needs: whether each open complaint is past its deadline, and the
+    latest verdict (None: none given). The 360 reads just these from the case rows."""
+    if any(open_breached) or latest_verdict is False:
         return "unhappy"
-    if latest is not None and not any(c.is_open for c in cases):
+    if latest_verdict is True and not open_breached:
         return "happy"
     return "neutral"
+
+
+# --- what the projector's spike check needs ---------------------------------------------------
+
+
+def spike_lookback(policy: SpikePolicy) -> timedelta:
+    """How far back the filings of a product are read to find the episode going on now: twice
+    a window and its baseline (an episode lasting longer would need its product to keep spiking
+    against a baseline made of the spike itself)."""
+    return 2 * (policy.window + policy.baseline)
+
+
+def new_filings(
+    changes: Iterable[tuple[CustomerComplaints | None, CustomerComplaints]],
+) -> dict[str, list[ProductComplaint]]:
+    """The complaints about a product filed by the changes of one batch ((before, after) states
+    of customers), by product."""
+    found: dict[str, list[ProductComplaint]] = {}
+    for before, after in changes:
+        known = {} if before is None else before.cases
+        fresh = [c for i, c in after.cases.items() if i not in known]
+        for sku, complaints in product_complaints(fresh).items():
+            found.setdefault(sku, []).extend(complaints)
+    return found

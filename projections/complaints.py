@@ -28,16 +28,18 @@ the same cases; `due_at` is fixed when its episode begins (a new policy applies 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
+import orjson
+
 from events.envelope import Envelope
 from projections.alerts import COMPLAINT_SLA_BREACHED, Alert, alert_id
 from projections.recorded import RecordedEvent, is_next, rfc3339
-from projections.views import CustomerView
+from projections.views import CustomerView, RowTable
 
 Severity = Literal["low", "medium", "high"]
 Status = Literal["open", "resolved"]
@@ -231,6 +233,63 @@ _TRANSITIONS = {
 }
 
 
+# --- intake: a sequence of events checked against the cases before them --------------------
+
+CaseKey = tuple[str, str]
+"""(customer_id, complaint_id): complaint ids are scoped by customer."""
+
+
+def case_key(envelope: Envelope) -> CaseKey:
+    """The case a complaint event is about."""
+    return envelope.customer_id, envelope.payload["complaint_id"]
+
+
+class Refusal(NamedTuple):
+    """An event its case could not take: its index in the events checked, why, and the case as
+    it was then (None: unknown)."""
+
+    index: int
+    error: InvalidTransition
+    case: ComplaintCase | None
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What `check_transitions` found: `cases` holds each case an accepted event changed, after
+    the last of them, and `applied` the ids of those events in order; `refused` the events their
+    case could not take."""
+
+    cases: dict[CaseKey, ComplaintCase]
+    applied: dict[CaseKey, tuple[str, ...]]
+    refused: list[Refusal]
+
+
+def check_transitions(
+    cases: Mapping[CaseKey, ComplaintCase],
+    envelopes: Sequence[Envelope],
+    policy: SlaPolicy = SlaPolicy(),
+) -> Checked:
+    """Take the complaint events of `envelopes` in order, each on the case the ones before it
+    left (starting from `cases`, the cases recorded so far); a refused event changes nothing, so
+    the events after it see the case without it. Other event types are skipped."""
+    changed: dict[CaseKey, ComplaintCase] = {}
+    applied: dict[CaseKey, tuple[str, ...]] = {}
+    refused: list[Refusal] = []
+    for index, envelope in enumerate(envelopes):
+        if envelope.type not in COMPLAINT_TYPES:
+            continue
+        current = envelope.upcast()
+        key = case_key(current)
+        case = changed[key] if key in changed else cases.get(key)
+        try:
+            changed[key] = transition(case, current, policy)
+        except InvalidTransition as error:
+            refused.append(Refusal(index, error, case))
+            continue
+        applied[key] = (*applied.get(key, ()), envelope.event_id)
+    return Checked(changed, applied, refused)
+
+
 # --- SLA and the breach alert ---------------------------------------------------------------
 
 
@@ -361,10 +420,30 @@ def ended_between(before: CustomerComplaints | None, after: CustomerComplaints) 
     ]
 
 
+def apply_own(
+    state: CustomerComplaints | None, event: RecordedEvent, policy: SlaPolicy = SlaPolicy()
+) -> CustomerComplaints:
+    """`apply` for a view handed only complaint events (a sparse view): the versions an event
+    skips are the customer's other events, which change no case."""
+    if state is None:
+        state = CustomerComplaints(event.envelope.customer_id)
+    if event.version > state.version + 1:
+        state = replace(state, version=event.version - 1)
+    return apply(state, event, policy)
+
+
 def complaints_view(policy: SlaPolicy = SlaPolicy()) -> CustomerView[CustomerComplaints]:
-    """The read model for the projector (table rm_complaints), with the SLA of the settings."""
+    """The read model for the projector, with the SLA of the settings: table rm_complaints (one
+    row per customer who ever had a complaint event) and COMPLAINT_CASES (one row per case)."""
     return CustomerView(
-        "complaints", partial(apply, policy=policy), to_json, from_json, None, ended_between
+        "complaints",
+        partial(apply_own, policy=policy),
+        to_json,
+        from_json,
+        None,
+        ended_between,
+        types=COMPLAINT_TYPES,
+        tables=(COMPLAINT_CASES,),
     )
 
 
@@ -469,3 +548,81 @@ def _time_text(moment: datetime | None) -> str | None:
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+# --- one row per case, for queries across customers (GET /complaints, reports, the clock) -----
+
+CASES_TABLE = "rm_complaint_cases"
+CREATE_CASES_SQL = f"""
+CREATE TABLE IF NOT EXISTS {CASES_TABLE} (
+    customer_id text NOT NULL, complaint_id text NOT NULL, status text NOT NULL, assignee text,
+    product_sku text, severity text NOT NULL, category text NOT NULL, episode int NOT NULL,
+    filed_at timestamptz NOT NULL, opened_at timestamptz NOT NULL, due_at timestamptz NOT NULL,
+    resolved_at timestamptz, satisfied boolean, late_episodes int NOT NULL, doc jsonb NOT NULL,
+    alerted_episode int NOT NULL DEFAULT 0,
+    PRIMARY KEY (customer_id, complaint_id));
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_filed
+    ON {CASES_TABLE} (filed_at, customer_id, complaint_id);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_status ON {CASES_TABLE} (status, filed_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_assignee ON {CASES_TABLE} (assignee, filed_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_product ON {CASES_TABLE} (product_sku, filed_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_severity ON {CASES_TABLE} (severity, filed_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_category ON {CASES_TABLE} (category, filed_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_resolved ON {CASES_TABLE} (resolved_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_open_due ON {CASES_TABLE} (due_at) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_unalerted ON {CASES_TABLE} (due_at)
+    WHERE status = 'open' AND alerted_episode < episode
+"""
+"""One row per case: its indexed fields and its document (`case_to_json`, full history).
+`late_episodes` counts the episodes resolved after their deadline (breached for good, whatever
+the clock says). `alerted_episode` is the clock's bookkeeping (services/deadlines.py): the last
+episode whose breach it logged. The projector never writes it, so a replay starts it at 0 again
+and the clock's next pass logs nothing new (the alert of an episode always has the same id)."""
+UPSERT_CASES_SQL = f"""
+INSERT INTO {CASES_TABLE} AS t (customer_id, complaint_id, status, assignee, product_sku, severity,
+    category, episode, filed_at, opened_at, due_at, resolved_at, satisfied, late_episodes, doc)
+SELECT c, k, s, a, p, sev, cat, ep, f, o, d, r, sat, late, doc::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+    %s::int[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+    %s::boolean[], %s::int[], %s::text[])
+    AS u(c, k, s, a, p, sev, cat, ep, f, o, d, r, sat, late, doc)
+ON CONFLICT (customer_id, complaint_id) DO UPDATE SET status = excluded.status,
+    assignee = excluded.assignee, product_sku = excluded.product_sku,
+    severity = excluded.severity, category = excluded.category, episode = excluded.episode,
+    filed_at = excluded.filed_at, opened_at = excluded.opened_at, due_at = excluded.due_at,
+    resolved_at = excluded.resolved_at, satisfied = excluded.satisfied,
+    late_episodes = excluded.late_episodes, doc = excluded.doc
+"""
+"""Takes one array per column of `case_rows`."""
+
+
+def late_episodes(case: ComplaintCase) -> int:
+    """How many of the case's episodes were resolved after their deadline."""
+    return sum(1 for e in episodes(case) if e.resolved_at is not None and e.resolved_at > e.due_at)
+
+
+def case_rows(
+    before: CustomerComplaints | None, after: CustomerComplaints
+) -> list[tuple[Any, ...]]:
+    """The rows of UPSERT_CASES_SQL for the cases that changed from `before` to `after` (a case
+    changes only by being replaced, so an unchanged one is the same object)."""
+    old = {} if before is None else before.cases
+    return [
+        _case_row(case)
+        for complaint_id, case in sorted(after.cases.items())
+        if old.get(complaint_id) is not case
+    ]
+
+
+def _case_row(case: ComplaintCase) -> tuple[Any, ...]:
+    return (
+        case.customer_id, case.complaint_id, case.status, case.assignee, case.product_sku,
+        case.severity, case.category, case.episode, case.filed_at, case.opened_at, case.due_at,
+        case.resolved_at, case.satisfied, late_episodes(case),
+        orjson.dumps(case_to_json(case)).decode(),
+    )  # fmt: skip
+
+
+COMPLAINT_CASES: RowTable[CustomerComplaints] = RowTable(
+    "complaint_cases", CREATE_CASES_SQL, UPSERT_CASES_SQL, case_rows
+)

@@ -12,6 +12,9 @@
      "recent": [{"event_id": ..., "type": ..., "occurred_at": ..., "summary": ..., "version": 7}],
      "open_complaint_ids": ["K-7"]}
 
+The API (`public_document`) adds, after "complaints", "open_complaints" and "satisfaction" from
+the complaint cases (rm_complaint_cases), which know the SLA of the settings.
+
 Times are RFC 3339 UTC with "Z"; money is a decimal string; profile fields not known yet are null.
 `by_month` is the net spend (purchases minus refunds) by currency and UTC month of `occurred_at`,
 the series desertion is judged on; a month missing from it is zero.
@@ -28,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from events.envelope import Envelope
+from projections.complaint_signals import satisfaction_of
 from projections.desertion import month_of
 from projections.recorded import RecordedEvent, is_next, rfc3339
 from projections.views import CustomerView
@@ -414,6 +418,19 @@ PUBLIC_FIELDS = (
 )  # fmt: skip
 
 
-def public_document(doc: dict[str, Any]) -> dict[str, Any]:
-    """The stored document as the API shows it: documented key order, no internal state."""
-    return {key: doc[key] for key in PUBLIC_FIELDS}
+def public_document(
+    doc: dict[str, Any],
+    open_complaints: list[dict[str, Any]] | None = None,
+    latest_verdict: bool | None = None,
+) -> dict[str, Any]:
+    """The stored document as the API shows it: documented key order, no internal state, and
+    after "complaints" the customer's open complaint cases (each {complaint_id, category,
+    severity, due_at, breached}, earliest deadline first; from the complaint cases, which know
+    the SLA) and the satisfaction indicator they and the latest verdict give
+    (projections.complaint_signals)."""
+    public = {key: doc[key] for key in PUBLIC_FIELDS[:7]}
+    cases = open_complaints or []
+    public["open_complaints"] = cases
+    public["satisfaction"] = satisfaction_of([c["breached"] for c in cases], latest_verdict)
+    public["recent"] = doc["recent"]
+    return public

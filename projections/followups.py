@@ -27,11 +27,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+import orjson
+
 from events.envelope import Envelope
 from events.fields import parse_rfc3339
 from projections.alerts import FOLLOWUP_OVERDUE, Alert, alert_id
 from projections.recorded import RecordedEvent, is_next, rfc3339
-from projections.views import CustomerView
+from projections.views import CustomerView, RowTable
 
 Status = Literal["open", "done", "overdue"]
 
@@ -305,28 +307,105 @@ def to_json(state: FollowUps) -> dict[str, Any]:
 def from_json(doc: dict[str, Any]) -> FollowUps:
     """The state stored by `to_json`, ready to continue folding."""
     customer_id = doc["customer_id"]
-    items = {
-        i: FollowUp(
-            followup_id=d["followup_id"],
-            customer_id=customer_id,
-            due_at=datetime.fromisoformat(d["due_at"]),
-            reason=d["reason"],
-            scheduled_at=datetime.fromisoformat(d["scheduled_at"]),
-            assignee=d["assignee"],
-            completed_at=None if d["completed_at"] is None else _time(d["completed_at"]),
-            outcome=d["outcome"],
-        )
-        for i, d in doc["items"].items()
-    }
+    items = {i: item_from_json(customer_id, d) for i, d in doc["items"].items()}
     held = {i: Completion(_time(c["completed_at"]), c["outcome"]) for i, c in doc["held"].items()}
     return FollowUps(customer_id, doc["version"], doc["position"], items, held)
+
+
+def item_from_json(customer_id: str, doc: dict[str, Any]) -> FollowUp:
+    """The item written by `item_to_json`."""
+    return FollowUp(
+        followup_id=doc["followup_id"],
+        customer_id=customer_id,
+        due_at=_time(doc["due_at"]),
+        reason=doc["reason"],
+        scheduled_at=_time(doc["scheduled_at"]),
+        assignee=doc["assignee"],
+        completed_at=None if doc["completed_at"] is None else _time(doc["completed_at"]),
+        outcome=doc["outcome"],
+    )
 
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-FOLLOWUPS: CustomerView[FollowUps] = CustomerView(
-    "followups", apply, to_json, from_json, None, ended_between
+def apply_own(state: FollowUps | None, event: RecordedEvent) -> FollowUps:
+    """`apply` for a view handed only follow-up events (a sparse view): the versions an event
+    skips are the customer's other events, which change no item."""
+    if state is None:
+        state = FollowUps(event.envelope.customer_id)
+    if event.version > state.version + 1:
+        state = replace(state, version=event.version - 1)
+    return apply(state, event)
+
+
+# --- one row per follow-up, for the work list across customers (GET /followups, the clock) -----
+
+ITEMS_TABLE = "rm_followup_items"
+CREATE_ITEMS_SQL = f"""
+CREATE TABLE IF NOT EXISTS {ITEMS_TABLE} (
+    customer_id text NOT NULL, followup_id text NOT NULL, assignee text,
+    due_at timestamptz NOT NULL, scheduled_at timestamptz NOT NULL, completed_at timestamptz,
+    doc jsonb NOT NULL, alerted_due_at timestamptz,
+    PRIMARY KEY (customer_id, followup_id));
+CREATE INDEX IF NOT EXISTS {ITEMS_TABLE}_due ON {ITEMS_TABLE} (due_at, customer_id, followup_id);
+CREATE INDEX IF NOT EXISTS {ITEMS_TABLE}_assignee ON {ITEMS_TABLE} (assignee, due_at);
+CREATE INDEX IF NOT EXISTS {ITEMS_TABLE}_open_due ON {ITEMS_TABLE} (due_at)
+    WHERE completed_at IS NULL;
+CREATE INDEX IF NOT EXISTS {ITEMS_TABLE}_unalerted ON {ITEMS_TABLE} (due_at)
+    WHERE completed_at IS NULL AND alerted_due_at IS DISTINCT FROM due_at
+"""
+"""One row per follow-up: its indexed fields and its document (`item_to_json`). A held
+completion (of an id not scheduled yet) has no row until its scheduling arrives.
+`alerted_due_at` is the clock's bookkeeping (services/deadlines.py): the due time whose overdue
+alert it logged; the projector never writes it (a replay starts it empty again, and the clock's
+next pass logs nothing new: the alert of a due time always has the same id)."""
+UPSERT_ITEMS_SQL = f"""
+INSERT INTO {ITEMS_TABLE} AS t (customer_id, followup_id, assignee, due_at, scheduled_at,
+    completed_at, doc)
+SELECT c, f, a, d, s, done, doc::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+    %s::timestamptz[], %s::text[]) AS u(c, f, a, d, s, done, doc)
+ON CONFLICT (customer_id, followup_id) DO UPDATE SET assignee = excluded.assignee,
+    due_at = excluded.due_at, scheduled_at = excluded.scheduled_at,
+    completed_at = excluded.completed_at, doc = excluded.doc
+"""
+"""Takes one array per column of `item_rows`."""
+
+
+def item_rows(before: FollowUps | None, after: FollowUps) -> list[tuple[Any, ...]]:
+    """The rows of UPSERT_ITEMS_SQL for the items that changed from `before` to `after` (an item
+    changes only by being replaced, so an unchanged one is the same object)."""
+    old = {} if before is None else before.items
+    return [
+        (
+            item.customer_id,
+            item.followup_id,
+            item.assignee,
+            item.due_at,
+            item.scheduled_at,
+            item.completed_at,
+            orjson.dumps(item_to_json(item)).decode(),
+        )
+        for followup_id, item in sorted(after.items.items())
+        if old.get(followup_id) is not item
+    ]
+
+
+FOLLOWUP_TYPES = frozenset({"followup.scheduled", "followup.completed"})
+FOLLOWUP_ITEMS: RowTable[FollowUps] = RowTable(
+    "followup_items", CREATE_ITEMS_SQL, UPSERT_ITEMS_SQL, item_rows
 )
-"""The read model for the projector: table rm_followups (overdue alerts come from a scan)."""
+FOLLOWUPS: CustomerView[FollowUps] = CustomerView(
+    "followups",
+    apply_own,
+    to_json,
+    from_json,
+    None,
+    ended_between,
+    types=FOLLOWUP_TYPES,
+    tables=(FOLLOWUP_ITEMS,),
+)
+"""The read model for the projector: table rm_followups (one row per customer who ever had a
+follow-up event) and FOLLOWUP_ITEMS (one per follow-up); overdue alerts come from the clock."""

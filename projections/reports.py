@@ -13,6 +13,10 @@ type, source or UTC month of `occurred_at`: how many, and of how many distinct c
 
 Groups come sorted by key; complaints without a product_sku form the group whose key is None,
 last. The JSON gives durations in hours (2 decimals) and rates as decimal strings.
+
+The API computes the same figures in PostgreSQL (`complaint_report_sql`, `touchpoint_report_sql`)
+over the complaint cases (rm_complaint_cases) and the touchpoint index (`TOUCHPOINTS`, one narrow
+row per recorded event), and builds the `Report` from the rows (`report_from_rows`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
 from events.envelope import Envelope
-from projections.complaints import ComplaintCase, ever_breached
+from projections.complaints import CASES_TABLE, ComplaintCase, ever_breached
 from projections.desertion import month_of
-from projections.recorded import rfc3339
+from projections.recorded import RecordedEvent, rfc3339
+from projections.views import EventTable
 
 ComplaintGrouping = Literal["category", "product_sku", "severity"]
 TouchpointGrouping = Literal["type", "source", "month"]
@@ -112,7 +117,7 @@ def complaint_report(
     now: datetime,
 ) -> Report:
     """The complaint report (rules in the module docstring)."""
-    _check_range(start, end)
+    check_range(start, end)
     key_of = _grouping(_COMPLAINT_KEYS, group_by)
     grouped: dict[str | None, list[ComplaintCase]] = defaultdict(list)
     for case in cases:
@@ -139,7 +144,7 @@ def touchpoint_report(
     events: Iterable[Envelope], *, start: datetime, end: datetime, group_by: TouchpointGrouping
 ) -> Report:
     """The touchpoint report (rules in the module docstring)."""
-    _check_range(start, end)
+    check_range(start, end)
     key_of = _grouping(_TOUCHPOINT_KEYS, group_by)
     counts: dict[str, int] = defaultdict(int)
     customers: dict[str, set[str]] = defaultdict(set)
@@ -175,7 +180,8 @@ def _grouping(keys: dict[str, Callable[[Any], Any]], group_by: str) -> Callable[
         raise ValueError(f"group_by must be one of {', '.join(keys)}, got {group_by!r}") from None
 
 
-def _check_range(start: datetime, end: datetime) -> None:
+def check_range(start: datetime, end: datetime) -> None:
+    """ValueError unless both are aware and `start` is before `end`."""
     if start.utcoffset() is None or end.utcoffset() is None:
         raise ValueError("from and to must be timezone-aware")
     if start >= end:
@@ -184,3 +190,87 @@ def _check_range(start: datetime, end: datetime) -> None:
 
 def _key_order(key: str | None) -> tuple[bool, str]:
     return key is None, key or ""
+
+
+# --- the reports in PostgreSQL ------------------------------------------------------------------
+
+TOUCHPOINTS_TABLE = "rm_touchpoints"
+CREATE_TOUCHPOINTS_SQL = f"""
+CREATE TABLE IF NOT EXISTS {TOUCHPOINTS_TABLE} (
+    customer_id text NOT NULL, version bigint NOT NULL, position bigint NOT NULL,
+    type text NOT NULL, source text NOT NULL, occurred_at timestamptz NOT NULL,
+    PRIMARY KEY (customer_id, version));
+CREATE INDEX IF NOT EXISTS {TOUCHPOINTS_TABLE}_occurred ON {TOUCHPOINTS_TABLE} (occurred_at)
+"""
+INSERT_TOUCHPOINTS_SQL = (
+    f"INSERT INTO {TOUCHPOINTS_TABLE} (customer_id, version, position, type, source, occurred_at) "
+    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
+    "%b::timestamptz[]) ON CONFLICT (customer_id, version) DO NOTHING"
+)
+
+
+def touchpoint_row(event: RecordedEvent) -> tuple[Any, ...]:
+    e = event.envelope
+    return e.customer_id, event.version, event.position, e.type, e.source, e.occurred_at
+
+
+TOUCHPOINTS = EventTable(
+    "touchpoints", CREATE_TOUCHPOINTS_SQL, INSERT_TOUCHPOINTS_SQL, touchpoint_row
+)
+"""Every recorded event's type, source and business time, keyed by customer and version (one
+event: one row, however often it is delivered), with its global position."""
+
+_COMPLAINT_COLUMNS = {"category": "category", "product_sku": "product_sku", "severity": "severity"}
+_TOUCHPOINT_COLUMNS = {
+    "type": "type",
+    "source": "source",
+    "month": "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')",
+}
+
+
+def complaint_report_sql(group_by: str) -> str:
+    """Rows (key, filed, resolved, open, breached, median time to resolve) of the complaint
+    report; parameters `start`, `end`, `now`."""
+    key = _grouping(_COMPLAINT_COLUMNS, group_by)
+    return (
+        f"SELECT {key}, count(*), count(*) FILTER (WHERE status = 'resolved'), "
+        "count(*) FILTER (WHERE status = 'open'), "
+        "count(*) FILTER (WHERE late_episodes > 0 OR (status = 'open' AND due_at <= %(now)s)), "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY resolved_at - filed_at) "
+        "FILTER (WHERE status = 'resolved') "
+        f"FROM {CASES_TABLE} WHERE filed_at >= %(start)s AND filed_at < %(end)s GROUP BY 1"
+    )
+
+
+def touchpoint_report_sql(group_by: str) -> str:
+    """Rows (key, count, customers) of the touchpoint report; parameters `start`, `end`."""
+    key = _grouping(_TOUCHPOINT_COLUMNS, group_by)
+    return (
+        f"SELECT {key}, count(*), count(DISTINCT customer_id) FROM {TOUCHPOINTS_TABLE} "
+        "WHERE occurred_at >= %(start)s AND occurred_at < %(end)s GROUP BY 1"
+    )
+
+
+def report_from_rows(
+    kind: Literal["complaints", "touchpoints"],
+    rows: Iterable[tuple[Any, ...]],
+    *,
+    start: datetime,
+    end: datetime,
+    group_by: str,
+) -> Report:
+    """The report of the rows of `complaint_report_sql` or `touchpoint_report_sql`, groups
+    sorted by key as the pure reports sort them (not by the database's collation)."""
+    check_range(start, end)
+    ordered = sorted(rows, key=lambda row: _key_order(row[0]))
+    groups: tuple[ComplaintGroup, ...] | tuple[TouchpointGroup, ...]
+    if kind == "complaints":
+        groups = tuple(ComplaintGroup(*row) for row in ordered)
+    else:
+        groups = tuple(TouchpointGroup(*row) for row in ordered)
+    return Report(start, end, group_by, groups)
+
+
+def groupings(kind: Literal["complaints", "touchpoints"]) -> tuple[str, ...]:
+    """The `group_by` values a report takes."""
+    return tuple(_COMPLAINT_COLUMNS if kind == "complaints" else _TOUCHPOINT_COLUMNS)

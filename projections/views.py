@@ -3,6 +3,12 @@
 Each read model is one row per customer: the last applied customer version and global position,
 and the view as JSONB. The fold is pure; the projector (services/projector.py) loads rows, folds
 new events into them and writes them back with the positions, in one transaction.
+
+Two optional shapes serve queries across customers, written in the same transaction:
+- a view's `tables`: rows of their own kept from its state (one per complaint case, one per
+  follow-up), with indexed columns;
+- an `EventTable`: one row per recorded event, keyed by customer and version (a narrow index of
+  the event store, for reports).
 """
 
 from __future__ import annotations
@@ -20,13 +26,58 @@ PROGRESS_TABLE = "rm_progress"
 
 
 @dataclass(frozen=True, slots=True)
+class RowTable(Generic[S]):
+    """Rows of their own kept from a view's state, for queries across customers.
+
+    `rows(before, after)` returns the rows of what one customer's batch changed (`before`: the
+    state the batch began with, None for a new customer), each a tuple in the column order of
+    `upsert_sql`, which takes one array per column. The projector writes them in the transaction
+    of the view's row, and only when that row was written (not when another instance's row was
+    newer), so they are exactly as current as the view. The rows derive from the state alone:
+    a replay rebuilds them identically."""
+
+    name: str
+    create_sql: str
+    upsert_sql: str
+    rows: Callable[[S | None, S], list[tuple[Any, ...]]]
+
+    @property
+    def table(self) -> str:
+        return f"rm_{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventTable:
+    """A read model of one row per recorded event, keyed by customer and version.
+
+    `row(event)` gives the columns of `insert_sql` (one array per column), which keeps a row
+    already there: an event delivered again, or applied again by a replay, is one row."""
+
+    name: str
+    create_sql: str
+    insert_sql: str
+    row: Callable[[RecordedEvent], tuple[Any, ...]]
+
+    @property
+    def table(self) -> str:
+        return f"rm_{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerView(Generic[S]):
     """A read model keyed by customer: `apply` folds one event into the state (None at first).
 
     `alerts(before, after, now)`, if given, returns the alerts that one event raises, changing
     the state from `before` to `after`; the projector logs them in the transaction that writes
     the change. `ended(before, after)`, if given, returns the ids of the alerts whose episode the
-    event ended; the projector marks them resolved in the same transaction."""
+    event ended; the projector marks them resolved in the same transaction.
+
+    `types`, if given, makes the view sparse: only events of these types can change its state, so
+    the projector hands it only those and keeps a row only for customers who had one. The row's
+    version is then the customer version of the last such event, `apply` must take an event
+    whose version skips the customer's other events, and a gap is filled from the event store
+    with the events of these types only. Most events concern none of these views: they cost them
+    nothing. `tables` are the view's `RowTable`s."""
 
     name: str
     apply: Callable[[S | None, RecordedEvent], S]
@@ -34,6 +85,8 @@ class CustomerView(Generic[S]):
     from_json: Callable[[dict[str, Any]], S]
     alerts: Callable[[S | None, S, datetime], list[Alert]] | None = None
     ended: Callable[[S | None, S], list[str]] | None = None
+    types: frozenset[str] | None = None
+    tables: tuple[RowTable[S], ...] = ()
 
     @property
     def table(self) -> str:
@@ -53,7 +106,8 @@ class CustomerView(Generic[S]):
         )
 
     def upsert_sql(self) -> str:
-        """Write views; a row already at a higher version (another instance) is kept.
+        """Write views; a row already at a higher version (another instance) is kept. A view
+        with `tables` returns the customer ids it wrote: their rows follow.
 
         Binary parameters (%b): no text escaping of the JSON documents."""
         return (
@@ -61,7 +115,7 @@ class CustomerView(Generic[S]):
             "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::jsonb[]) "
             "ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, "
             "position = excluded.position, doc = excluded.doc, updated_at = now() "
-            "WHERE t.version < excluded.version"
+            "WHERE t.version < excluded.version" + (" RETURNING customer_id" if self.tables else "")
         )
 
     def select_sql(self) -> str:

@@ -164,9 +164,16 @@ class DesertionDetector:
         """No catch-up for `settle_s` seconds (nor since start-up)."""
         return self.monotonic() - self._quiet_since >= self.settle_s
 
-    async def run(self, stopping: Callable[[], bool], daily: Iterable[DailyScan] = ()) -> None:
+    async def run(
+        self,
+        stopping: Callable[[], bool],
+        daily: Iterable[DailyScan] = (),
+        every_turn: Iterable[DailyScan] = (),
+    ) -> None:
         """Judge due customers as they come, pending ones once settled, and everyone (plus the
-        other `daily` scans) at start-up and when the UTC day changes, once settled."""
+        other `daily` scans) at start-up and when the UTC day changes, once settled. The
+        `every_turn` scans run at each turn (at least every second) once settled: the deadlines
+        of complaints and follow-ups, which must not wait for a day to change."""
         scanned_day = None
         while not stopping():
             wait = TICK_S if not self.held else self.held[0][0] - self.monotonic()
@@ -183,6 +190,8 @@ class DesertionDetector:
                     for scan in daily:
                         await scan(self.pool, now)
                     scanned_day = now.astimezone(UTC).date()
+                for scan in every_turn:
+                    await scan(self.pool, now)
                 due |= self.pending
                 self.pending = set()
             ordered = sorted(due)

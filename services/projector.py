@@ -7,6 +7,12 @@ is filled from the event store in the same transaction, so a view is always the 
 customer's events 1..n. faust's own offset commits are only a hint; `concurrency=1`. The views
 of recently seen customers are kept in memory, so a batch reads only unseen customers' rows.
 
+The complaint and follow-up views are sparse (they fold only their own event types), and keep a
+row per case and per follow-up for queries across customers; the touchpoint index keeps a row
+per event; the spike check reads the product's recent filings: all in the batch's transaction
+(services/view_folds.py, services/complaint_alerts.py). The desertion detector's loop runs the
+daily scans and the deadline clock (SLA breaches, overdue follow-ups).
+
 Run it with `python -m services.projector` (the `crm up` supervisor does), or
 `python -m services.projector replay customer_360` to rebuild a read model from the event store.
 """
@@ -19,37 +25,53 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import faust
 import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from events import topics
-from infra.eventstore import EVENTS_TABLE, SCHEMA_LOCK, EventStore
+from infra.eventstore import SCHEMA_LOCK, EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
 from projections.alerts import CREATE_ALERTS_SQL, Alert
 from projections.balance import BALANCE, overdue_alerts
 from projections.balance import from_json as balance_from_json
+from projections.complaints import complaints_view
 from projections.customer_360 import CUSTOMER_360
 from projections.desertion import CREATE_DESERTION_SQL
+from projections.followups import FOLLOWUPS
 from projections.recorded import RecordedEvent, decode_recorded, from_store
-from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView
+from projections.reports import TOUCHPOINTS
+from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView, EventTable
 from services.alert_log import log_alerts, resolve_alerts
-from services.desertion import DesertionDetector
+from services.complaint_alerts import DeadlineClock, SpikeCheck, sla_policy
+from services.desertion import DailyScan, DesertionDetector
+from services.view_folds import (
+    Change,
+    Folded,
+    ViewCache,
+    apply_sparse_view,
+    apply_view,
+    insert_event_rows,
+)
 
 log = logging.getLogger("crm.projector")
 
 FETCH_MAX_WAIT_MS = 20
 set_json_loads(orjson.loads)  # read-model documents come back through orjson
 
-VIEWS: dict[str, CustomerView[Any]] = {view.name: view for view in (CUSTOMER_360, BALANCE)}
+VIEWS: dict[str, CustomerView[Any]] = {
+    view.name: view for view in (CUSTOMER_360, BALANCE, complaints_view(), FOLLOWUPS)
+}
+"""The read models with their default settings (tests; the names `crm replay` knows)."""
+EVENT_TABLES: dict[str, EventTable] = {TOUCHPOINTS.name: TOUCHPOINTS}
 BATCH = 1000
 BATCH_WITHIN_S = 0.02
 REPLAY_PAGE = 5000
@@ -58,6 +80,18 @@ NEVER = 2**31 - 1  # a gc threshold no counter reaches
 
 
 Clock = Callable[[], datetime]
+BatchCheck = Callable[
+    [AsyncConnection[Any], Mapping[str, Sequence[Change]], datetime], Awaitable[list[Alert]]
+]
+"""Looks at what a batch changed, across customers (by view name: the (before, after) states of
+customers whose row was written, for views with tables), in the batch's transaction; returns
+the alerts to log with it (the product complaint spike)."""
+
+
+def configured_views(settings: Settings) -> dict[str, CustomerView[Any]]:
+    """The read models with the settings' SLA."""
+    views = (CUSTOMER_360, BALANCE, complaints_view(sla_policy(settings)), FOLLOWUPS)
+    return {view.name: view for view in views}
 
 
 def utc_now() -> datetime:
@@ -79,10 +113,14 @@ class Projector:
         views: Sequence[CustomerView[Any]],
         cache_size: int = 100_000,
         clock: Clock = utc_now,
+        event_tables: Sequence[EventTable] = (),
+        checks: Sequence[BatchCheck] = (),
     ):
         self.pool = pool
         self.views = views
         self.clock = clock
+        self.event_tables = event_tables
+        self.checks = checks
         self.caches = {view.name: ViewCache(cache_size) for view in views}
         self._ready = False
 
@@ -95,6 +133,10 @@ class Projector:
             await conn.execute(CREATE_DESERTION_SQL)
             for view in self.views:
                 await conn.execute(view.create_sql())
+                for table in view.tables:
+                    await conn.execute(table.create_sql)
+            for event_table in self.event_tables:
+                await conn.execute(event_table.create_sql)
 
     async def create_tables_once(self) -> None:
         if not self._ready:
@@ -110,14 +152,23 @@ class Projector:
         for event in events:
             by_customer[event.envelope.customer_id].append(event)
         written: list[tuple[ViewCache, dict[str, Folded]]] = []
+        changes: dict[str, list[Change]] = {}
         alerts: list[Alert] = []
         ended: list[str] = []
+        filled: list[RecordedEvent] = []  # read from the event store to fill gaps
         now = self.clock()
         async with self.pool.connection() as conn, conn.transaction():
             for view in self.views:
                 cache = self.caches[view.name]
-                folded = await _apply_view(conn, view, cache, by_customer, now, alerts, ended)
+                fold = apply_view if view.types is None else apply_sparse_view
+                folded, changes[view.name] = await fold(
+                    conn, view, cache, by_customer, now, alerts, ended, filled
+                )
                 written.append((cache, folded))
+            for table in self.event_tables:
+                await insert_event_rows(conn, table, [*events, *filled])
+            for check in self.checks:
+                alerts.extend(await check(conn, changes, now))
             await log_alerts(conn, alerts)
             await resolve_alerts(conn, ended, now)
             await conn.execute(
@@ -126,97 +177,6 @@ class Projector:
         for cache, folded in written:  # only once committed
             cache.update(folded)
         return sum(len(folded) for _, folded in written)
-
-
-class Folded(NamedTuple):
-    """A customer's view state, with the customer version and global position it has applied."""
-
-    version: int
-    position: int
-    state: Any
-
-
-NEW = Folded(0, 0, None)
-
-
-class ViewCache:
-    """The folded views of the customers seen last, at most `size` of them (least recent out)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: dict[str, Folded] = {}
-
-    def __contains__(self, customer_id: str) -> bool:
-        return customer_id in self._entries
-
-    def get(self, customer_id: str) -> Folded | None:
-        entry = self._entries.pop(customer_id, None)
-        if entry is not None:
-            self._entries[customer_id] = entry  # now the most recent
-        return entry
-
-    def update(self, entries: dict[str, Folded]) -> None:
-        for customer_id, entry in entries.items():
-            self._entries.pop(customer_id, None)
-            self._entries[customer_id] = entry
-        while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
-
-
-async def _apply_view(
-    conn: AsyncConnection[Any],
-    view: CustomerView[Any],
-    cache: ViewCache,
-    by_customer: dict[str, list[RecordedEvent]],
-    now: datetime,
-    alerts: list[Alert],
-    ended: list[str],
-) -> dict[str, Folded]:
-    """Fold each customer's events into its view and write the changed rows; returns them.
-
-    The alerts the changes raise are appended to `alerts`, the ids of those they end to `ended`."""
-    stored = await _load(conn, view, [c for c in by_customer if c not in cache])
-    folded: dict[str, Folded] = {}
-    for customer_id, customer_events in by_customer.items():
-        version, position, state = cache.get(customer_id) or stored.get(customer_id) or NEW
-        applied = version
-        for event in sorted(customer_events, key=lambda e: e.version):
-            if event.version <= version:
-                continue  # already applied
-            missing = []
-            if event.version > version + 1:
-                missing = await _read_gap(conn, customer_id, version, event.version)
-            for step in (*missing, event):
-                before, state = state, view.apply(state, step)
-                if view.alerts is not None:  # event by event: batch boundaries change nothing
-                    alerts.extend(view.alerts(before, state, now))
-                if view.ended is not None:
-                    ended.extend(view.ended(before, state))
-            version, position = event.version, event.position
-        if version > applied:
-            folded[customer_id] = Folded(version, position, state)
-    if folded:
-        rows = folded.values()
-        await conn.execute(
-            view.upsert_sql(),
-            (
-                list(folded),
-                [row.version for row in rows],
-                [row.position for row in rows],
-                [Jsonb(view.to_json(row.state), dumps=orjson.dumps) for row in rows],
-            ),
-        )
-    return folded
-
-
-async def _load(
-    conn: AsyncConnection[Any], view: CustomerView[Any], customer_ids: list[str]
-) -> dict[str, Folded]:
-    if not customer_ids:
-        return {}
-    cursor = await conn.execute(view.select_many_sql(), (customer_ids,))
-    rows = await cursor.fetchall()
-    return {c: Folded(version, position, view.from_json(doc)) for c, version, position, doc in rows}
 
 
 async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
@@ -244,22 +204,6 @@ OVERDUE_CANDIDATES_SQL = (
 """Balances with an open invoice due before today (ISO dates compare as text)."""
 
 
-async def _read_gap(
-    conn: AsyncConnection[Any], customer_id: str, after: int, before: int
-) -> list[RecordedEvent]:
-    """Events of a customer the stream skipped (lost by the broker), from the event store."""
-    cursor = await conn.execute(
-        f"SELECT originator_version, notification_id, state FROM {EVENTS_TABLE} "
-        "WHERE originator_id = %s AND originator_version > %s AND originator_version < %s "
-        "ORDER BY originator_version",
-        (customer_id, after, before),
-    )
-    gap = [from_store(bytes(s), position=p, version=v) for v, p, s in await cursor.fetchall()]
-    log.warning("event=gap_filled customer_id=%s after=%d before=%d filled=%d",
-                customer_id, after, before, len(gap))  # fmt: skip
-    return gap
-
-
 class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust lets a fetch wait up to 1.5 s for data (hard-coded); the embedded broker does not
     answer a waiting fetch early when data arrives, so events would sit there. Ask every 50 ms."""
@@ -275,9 +219,15 @@ class _PromptConsumer(faust_aiokafka.Consumer):
         return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-def make_app(settings: Settings, projector: Projector, detector: DesertionDetector) -> faust.App:
+def make_app(
+    settings: Settings,
+    projector: Projector,
+    detector: DesertionDetector,
+    every_turn: Sequence[DailyScan] = (),
+) -> faust.App:
     """The faust app: one agent on crm.events, batching, concurrency 1, and the desertion
-    detector, which also runs the daily scans."""
+    detector, which also runs the daily scans and, at every turn, the `every_turn` scans (the
+    deadline clock)."""
     datadir = settings.data_dir / "faust" / settings.projector_group
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last folder
     app = faust.App(
@@ -319,7 +269,7 @@ def make_app(settings: Settings, projector: Projector, detector: DesertionDetect
     @app.task
     async def watch_the_clock() -> None:
         await projector.create_tables_once()
-        await detector.run(lambda: app.should_stop, daily=(raise_overdue,))
+        await detector.run(lambda: app.should_stop, daily=(raise_overdue,), every_turn=every_turn)
 
     @app.timer(FULL_GC_EVERY_S)
     async def collect_cycles() -> None:
@@ -344,14 +294,20 @@ def tune_gc() -> None:
 
 
 async def replay(settings: Settings, names: Iterable[str]) -> int:
-    """Drop the named read models and rebuild them from the event store; returns events read."""
-    views = [VIEWS[name] for name in names]
+    """Drop the named read models (and their tables) and rebuild them from the event store;
+    returns events read."""
+    names = list(names)
+    configured = configured_views(settings)
+    views = [configured[name] for name in names if name in configured]
+    event_tables = [EVENT_TABLES[name] for name in names if name in EVENT_TABLES]
+    checks = [SpikeCheck.from_settings(settings)] if "complaints" in names else []
     store = EventStore(settings.dsn)
     async with AsyncConnectionPool(settings.dsn, min_size=1, max_size=2, open=False) as pool:
-        projector = Projector(pool, views)
+        projector = Projector(pool, views, event_tables=event_tables, checks=checks)
         async with pool.connection() as conn:
-            for view in views:
-                await conn.execute(f"DROP TABLE IF EXISTS {view.table}")
+            tables = [t for v in views for t in (v.table, *(r.table for r in v.tables))]
+            for table in [*tables, *(t.table for t in event_tables)]:
+                await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await projector.create_tables()
         position = total = 0
         while batch := store.read(position, REPLAY_PAGE):
@@ -371,19 +327,27 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
     settings = Settings()
     if argv and argv[0] == "replay":
         configure_logging("replay")
-        names = list(argv[1:]) or list(VIEWS)
-        unknown = set(names) - set(VIEWS)
+        known = [*VIEWS, *EVENT_TABLES]
+        names = list(argv[1:]) or known
+        unknown = set(names) - set(known)
         if unknown:
-            raise SystemExit(f"unknown read model(s) {sorted(unknown)}; known: {sorted(VIEWS)}")
+            raise SystemExit(f"unknown read model(s) {sorted(unknown)}; known: {sorted(known)}")
         total = asyncio.run(replay(settings, names))
         print(f"rebuilt {', '.join(names)} from {total} events")
         return
     configure_logging("projector")
     pool = AsyncConnectionPool(settings.dsn, min_size=1, max_size=4, open=False)
     tune_gc()
-    projector = Projector(pool, list(VIEWS.values()), settings.projector_cache_size)
+    projector = Projector(
+        pool,
+        list(configured_views(settings).values()),
+        settings.projector_cache_size,
+        event_tables=list(EVENT_TABLES.values()),
+        checks=[SpikeCheck.from_settings(settings)],
+    )
     detector = DesertionDetector.from_settings(pool, settings, utc_now)
-    app = make_app(settings, projector, detector)
+    clock = DeadlineClock(settings.deadline_check_seconds)
+    app = make_app(settings, projector, detector, every_turn=[clock])
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
 

@@ -1,10 +1,16 @@
-"""Recorder: reads crm.touchpoints, dead-letters what breaks the wire contract, and appends the
-rest, deduplicated by event id, to the customers' streams in the event store.
+"""Recorder: reads crm.touchpoints, dead-letters what breaks the wire contract and complaint
+events their case cannot take, and appends the rest, deduplicated by event id, to the customers'
+streams in the event store.
 
 Exactly-once effect: the Kafka intake position of every batch is tracked in the same PostgreSQL
 transaction as its events, per incarnation of the topic (its topic id), and the recorder seeks to
 it when it gets a partition. Kafka's committed offsets are only a hint; duplicates that slip
 through (a producer's resend, a broker restarted empty) are dropped by event id.
+
+Complaint cases: the state of every case is kept in crm_complaint_cases, written in the
+transaction of the events that changed it. A batch's new complaint events are checked in stream
+order against those states; the refused ones are dead-lettered (code invalid_transition) and
+acknowledged before the rest is recorded, so a crash in between only dead-letters them again.
 
 Run it with `python -m services.recorder` (the `crm up` supervisor does).
 """
@@ -14,8 +20,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from itertools import groupby
+from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -27,14 +35,35 @@ from events.codec import decode
 from events.envelope import Envelope
 from events.errors import InvalidEvent
 from events.metadata import all_topics_metadata, exact
-from infra.eventstore import EventStore, IntakePosition
+from infra.eventstore import (
+    CaseConflict,
+    CaseKey,
+    CaseWrite,
+    CaseWrites,
+    ComplaintState,
+    EventStore,
+    IntakePosition,
+    RecordOutcome,
+)
 from infra.logs import configure_logging
 from infra.settings import Settings
+from projections.complaints import (
+    COMPLAINT_TYPES,
+    ComplaintCase,
+    SlaPolicy,
+    case_from_json,
+    case_key,
+    case_to_json,
+    check_transitions,
+)
 
 log = logging.getLogger("crm.recorder")
 
 _RETRY_SECONDS = 1.0
 _DEADLETTER_ACK_TIMEOUT = 30.0
+DEFAULT_SLA = SlaPolicy()
+_CASE_CHECKS = 5
+"""Checks of one batch against the complaint cases before giving up (loudly) on conflicts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +72,93 @@ class Rejection:
     error: InvalidEvent
 
 
-def triage(
-    records: Iterable[ConsumerRecord], max_event_bytes: int
-) -> tuple[list[Envelope], list[Rejection]]:
+class Triaged(NamedTuple):
+    """Valid envelopes in order, `sources[i]` the record of `envelopes[i]`; and rejections."""
+
+    envelopes: list[Envelope]
+    sources: list[ConsumerRecord]
+    rejected: list[Rejection]
+
+
+def triage(records: Iterable[ConsumerRecord], max_event_bytes: int) -> Triaged:
     """Split consumed records into valid envelopes (in order) and rejections with reasons."""
-    accepted: list[Envelope] = []
-    rejected: list[Rejection] = []
+    triaged = Triaged([], [], [])
     for record in records:
         try:
-            accepted.append(decode(record.value or b"", max_bytes=max_event_bytes))
+            triaged.envelopes.append(decode(record.value or b"", max_bytes=max_event_bytes))
         except InvalidEvent as error:
-            rejected.append(Rejection(record, error))
-    return accepted, rejected
+            triaged.rejected.append(Rejection(record, error))
+        else:
+            triaged.sources.append(record)
+    return triaged
+
+
+@dataclass(frozen=True, slots=True)
+class ComplaintGuard:
+    """A batch's new complaint events checked against their cases: the case writes of the ones
+    their case can take, the rejections of the others and their event ids."""
+
+    cases: CaseWrites
+    refused: list[Rejection]
+    refused_ids: frozenset[str]
+
+
+def case_state(case: ComplaintCase) -> dict[str, Any]:
+    """The write-side state of a case: what the rules need, without the history (the
+    complaints read model keeps that)."""
+    return case_to_json(replace(case, history=()))
+
+
+def guard_complaints(
+    envelopes: Sequence[Envelope],
+    sources: Sequence[ConsumerRecord],
+    state: ComplaintState,
+    policy: SlaPolicy = DEFAULT_SLA,
+) -> ComplaintGuard:
+    """Check the new complaint events of a batch in order (events within the batch build on
+    each other) against the recorded `state`. Only an event the store would record counts: the
+    first occurrence of its event id, not recorded yet; a resend is a duplicate, not a
+    transition."""
+    first: dict[str, int] = {}
+    for index, envelope in enumerate(envelopes):
+        first.setdefault(envelope.event_id, index)
+    fresh = [
+        i
+        for i, e in enumerate(envelopes)
+        if e.type in COMPLAINT_TYPES and first[e.event_id] == i and e.event_id not in state.known
+    ]
+    cases = {key: case_from_json(stored.state) for key, stored in state.cases.items()}
+    checked = check_transitions(cases, [envelopes[i] for i in fresh], policy)
+    refused = [
+        Rejection(
+            sources[fresh[r.index]],
+            InvalidEvent("invalid_transition", r.error.field, r.error.message),
+        )
+        for r in checked.refused
+    ]
+    writes = [
+        CaseWrite(key[0], key[1], _revision(state, key), case_state(case), checked.applied[key])
+        for key, case in checked.cases.items()
+    ]
+    refused_ids = frozenset(envelopes[fresh[r.index]].event_id for r in checked.refused)
+    return ComplaintGuard(CaseWrites(COMPLAINT_TYPES, writes), refused, refused_ids)
+
+
+def backfill_cases(
+    envelopes: Iterator[Envelope], policy: SlaPolicy = DEFAULT_SLA
+) -> Iterator[CaseWrite]:
+    """The case rows of complaint events already stored (by customer, in version order). One
+    its case could not take (recorded before the rule existed) changes nothing, as in the
+    complaints read model."""
+    for _, events in groupby(envelopes, key=lambda e: e.customer_id):
+        checked = check_transitions({}, list(events), policy)
+        for key, case in checked.cases.items():
+            yield CaseWrite(key[0], key[1], 0, case_state(case), checked.applied[key])
+
+
+def _revision(state: ComplaintState, key: CaseKey) -> int:
+    stored = state.cases.get(key)
+    return 0 if stored is None else stored.revision
 
 
 def deadletter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
@@ -81,12 +185,14 @@ class Recorder(ConsumerRebalanceListener):
         *,
         max_event_bytes: int,
         batch_size: int,
+        sla: SlaPolicy = DEFAULT_SLA,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.store = store
         self.max_event_bytes = max_event_bytes
         self.batch_size = batch_size
+        self.sla = sla
         # Next offset to read per partition, with the topic id it belongs to.
         self._next: dict[TopicPartition, tuple[str | None, int]] = {}
         self._assigned: set[TopicPartition] = set()
@@ -106,11 +212,11 @@ class Recorder(ConsumerRebalanceListener):
 
     def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Dead-letter the invalid records, then record the valid ones and the positions."""
-        accepted, rejected = triage(records, self.max_event_bytes)
+        accepted, sources, rejected = triage(records, self.max_event_bytes)
         if rejected:
             self._deadletter(rejected)
         positions = self._positions(records)
-        outcome = self.store.record(accepted, positions)
+        outcome, refused = self._record(accepted, sources, positions)
         for position in positions:
             tp = TopicPartition(position.topic, position.partition)
             self._next[tp] = (position.topic_id, position.next_offset)
@@ -119,8 +225,43 @@ class Recorder(ConsumerRebalanceListener):
             len(records),
             outcome.recorded,
             outcome.duplicates,
-            len(rejected),
+            len(rejected) + refused,
         )
+
+    def _record(
+        self,
+        envelopes: list[Envelope],
+        sources: list[ConsumerRecord],
+        positions: list[IntakePosition],
+    ) -> tuple[RecordOutcome, int]:
+        """Record the envelopes and positions; the outcome, and how many complaint events were
+        dead-lettered instead. Those are dead-lettered (and acked) before the rest is recorded:
+        a crash in between dead-letters them again, never loses one. When a case moved on
+        between the check and the commit (CaseConflict: nothing was recorded), check again."""
+        if not any(e.type in COMPLAINT_TYPES for e in envelopes):
+            return self.store.record(envelopes, positions), 0  # no query more than before
+        refused = 0
+        for attempt in range(1, _CASE_CHECKS + 1):
+            guard = guard_complaints(envelopes, sources, self._complaint_state(envelopes), self.sla)
+            if guard.refused:
+                self._deadletter(guard.refused)
+                refused += len(guard.refused)
+                envelopes, sources = _without(envelopes, sources, guard.refused_ids)
+            try:
+                return self.store.record(envelopes, positions, guard.cases), refused
+            except CaseConflict as error:
+                log.warning(
+                    "event=complaint_case_conflict attempt=%d error=%r", attempt, str(error)
+                )
+        raise RuntimeError(
+            f"expected the complaint cases of a batch to hold still for one of {_CASE_CHECKS} "
+            "checks, they changed under each: is another recorder writing these customers?"
+        )
+
+    def _complaint_state(self, envelopes: Sequence[Envelope]) -> ComplaintState:
+        complaints = [e for e in envelopes if e.type in COMPLAINT_TYPES]
+        keys = {case_key(e) for e in complaints}
+        return self.store.complaint_state([e.event_id for e in complaints], keys)
 
     # ConsumerRebalanceListener: called on kafka-python's IO thread, which must not block, so
     # the seeks to the tracked positions happen on the next turn of the loop (`_resume`).
@@ -209,12 +350,23 @@ def _key(tp: TopicPartition, topic_id: str) -> tuple[str, str, int]:
     return tp.topic, topic_id, tp.partition
 
 
+def _without(
+    envelopes: list[Envelope], sources: list[ConsumerRecord], event_ids: frozenset[str]
+) -> tuple[list[Envelope], list[ConsumerRecord]]:
+    """The envelopes (and their records) whose event id is not in `event_ids`."""
+    kept = [i for i, e in enumerate(envelopes) if e.event_id not in event_ids]
+    return [envelopes[i] for i in kept], [sources[i] for i in kept]
+
+
 def main() -> None:
     """Composition root: wire settings, Kafka and PostgreSQL into a Recorder and run it."""
     settings = Settings()
     configure_logging("recorder")
     store = EventStore(settings.dsn)
     store.create_tables()
+    backfilled = store.create_complaint_cases(COMPLAINT_TYPES, backfill_cases)
+    if backfilled is not None:
+        log.info("event=complaint_cases_created backfilled=%d", backfilled)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap,
         group_id=settings.recorder_group,

@@ -24,6 +24,7 @@ from events.envelope import CUSTOMER_ID_PATTERN
 from infra.eventstore import EventStore
 from projections.balance import BALANCE, Balance, summary
 from projections.balance import from_json as balance_from_json
+from projections.complaints import CASES_TABLE
 from projections.customer_360 import CUSTOMER_360, public_document
 from projections.desertion import DESERTION_TABLE, churn_risk
 from projections.recorded import from_store, rfc3339
@@ -32,11 +33,25 @@ MAX_PAGE = 500
 
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
-_DOCUMENT_SQL = (
-    f"SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at "
+_BASE_SQL = (
+    "SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at{} "
     f"FROM {CUSTOMER_360.table} c LEFT JOIN {BALANCE.table} b USING (customer_id) "
-    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id) WHERE c.customer_id = %s"
+    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id) WHERE c.customer_id = %(customer_id)s"
 )
+_COMPLAINTS_SQL = (
+    ", (SELECT json_agg(json_build_object('complaint_id', k.complaint_id, 'category', k.category, "
+    "'severity', k.severity, 'due_at', k.doc->'due_at', 'breached', k.due_at <= %(now)s) "
+    'ORDER BY k.due_at, k.complaint_id COLLATE "C")::text '
+    f"FROM {CASES_TABLE} k WHERE k.customer_id = c.customer_id AND k.status = 'open'), "
+    f"(SELECT k.satisfied FROM {CASES_TABLE} k WHERE k.customer_id = c.customer_id "
+    "AND k.status = 'resolved' AND k.satisfied IS NOT NULL "
+    'ORDER BY k.resolved_at DESC, k.complaint_id COLLATE "C" DESC LIMIT 1)'
+)
+"""The customer's open cases, earliest deadline first, `breached` as of the request, and the
+latest verdict (`satisfied` of the latest resolution of a case resolved now): two lookups on the
+case rows' primary key, in the 360's one query."""
+_DOCUMENT_SQL = _BASE_SQL.format(_COMPLAINTS_SQL)
+_WITHOUT_CASES_SQL = _BASE_SQL.format(", NULL, NULL")
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -73,6 +88,16 @@ class Purchases(BaseModel):
 class Complaints(BaseModel):
     open: int
     total: int
+
+
+class OpenComplaint(BaseModel):
+    """An open complaint case (see GET /complaints/{customer_id}/{complaint_id})."""
+
+    complaint_id: str
+    category: str
+    severity: Literal["low", "medium", "high"]
+    due_at: datetime = Field(description="its SLA deadline (the current episode's)")
+    breached: bool = Field(description="open at or past `due_at` at the time of the request")
 
 
 class RecentTouchpoint(BaseModel):
@@ -119,6 +144,11 @@ class Customer360(BaseModel):
     touchpoints: TouchpointCounts
     purchases: Purchases
     complaints: Complaints
+    open_complaints: list[OpenComplaint] = Field(description="earliest deadline first")
+    satisfaction: Literal["happy", "neutral", "unhappy"] = Field(
+        description="unhappy: a complaint open past its deadline, or the latest verdict is not "
+        "satisfied; happy: nothing open and the latest verdict is satisfied; else neutral"
+    )
     recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
     balance: BalanceSummary = Field(description="see GET /customers/{customer_id}/balance")
     churn_risk: ChurnRisk | None = Field(description="null until the customer is first judged")
@@ -177,18 +207,36 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     responses={200: {"model": Customer360, "description": "The 360 document"}, **ERRORS},
 )
 async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
-    """The customer 360 as the projector last wrote it, with the balance as of today (UTC) and
-    the last desertion verdict (null until the customer is first judged)."""
+    """The customer 360 as the projector last wrote it, with its open complaints (breached as of
+    now), the satisfaction indicator, the balance as of today (UTC) and the last desertion
+    verdict (null until the customer is first judged)."""
     check_customer_id(customer_id)
-    row = await fetch_row(pool, _DOCUMENT_SQL, customer_id)
+    now = datetime.now(UTC)
+    row = await _fetch_document(pool, customer_id, now)
     if row is None:
         raise await not_found(store, customer_id)
-    document = public_document(orjson.loads(row[0]))
+    open_cases = orjson.loads(row[7]) if row[7] else []
+    document = public_document(orjson.loads(row[0]), open_cases, row[8])
     balance = balance_from_json(orjson.loads(row[1])) if row[1] else Balance(customer_id)
-    document["balance"] = summary(balance, datetime.now(UTC).date())
-    verdict, *episodes = row[2:]
+    document["balance"] = summary(balance, now.date())
+    verdict, *episodes = row[2:7]
     document["churn_risk"] = churn_risk(orjson.loads(verdict), *episodes) if verdict else None
     return Response(orjson.dumps(document), media_type="application/json")
+
+
+async def _fetch_document(pool: AsyncConnectionPool[Any], customer_id: str, now: datetime) -> Any:
+    """The 360's row, or None; without complaint cases while their table does not exist (a
+    database the projector has not upgraded yet, `crm replay complaints` in progress)."""
+    params = {"customer_id": customer_id, "now": now}
+    try:
+        async with pool.connection() as conn:
+            try:
+                cursor = await conn.execute(_DOCUMENT_SQL, params)
+            except UndefinedTable:
+                cursor = await conn.execute(_WITHOUT_CASES_SQL, params)
+            return await cursor.fetchone()
+    except UndefinedTable:
+        return None
 
 
 async def fetch_row(pool: AsyncConnectionPool[Any], query: str, customer_id: str) -> Any:

@@ -147,7 +147,7 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     )
     assert list(body) == [  # the documented fields, in the documented order
         "customer_id", "version", "position", "profile", "touchpoints", "purchases",
-        "complaints", "recent", "balance", "churn_risk",
+        "complaints", "open_complaints", "satisfaction", "recent", "balance", "churn_risk",
     ]  # fmt: skip
     assert (body["customer_id"], body["version"]) == (CUSTOMER, len(world.setup.sent))
     assert body["position"] == world.setup.positions[-1]

@@ -25,7 +25,7 @@ from api.app import create_app
 from events.webhooks import InvalidSignature, verify_request
 from infra.ports import free_port
 from infra.settings import Settings
-from projections.alerts import CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
+from projections.alerts import COMPLAINT_SLA_BREACHED, CREDIT_LIMIT_EXCEEDED, INVOICE_OVERDUE, Alert
 from services.alert_log import log_alerts
 from tests.integration.helpers import Service, running, wait_until
 
@@ -384,7 +384,7 @@ def test_subscriptions_are_validated_listed_and_read_without_their_secret(
             ({"url": "https://example.com/x", "secret": "short"}, "at least 16 characters"),
             ({"url": "https://example.com/x"}, "Field required"),
             ({"url": "https://example.com/x", "secret": SECRET, "kinds": ["nope"]},
-             f"unknown alert kind 'nope'; known kinds: {CREDIT_LIMIT_EXCEEDED}"),
+             f"unknown alert kind 'nope'; known kinds: {COMPLAINT_SLA_BREACHED}"),
         ]  # fmt: skip
         for body, message in invalid:
             response = client.post("/subscriptions", json=body)
