@@ -1035,7 +1035,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
     ]
     counts: Counter[str] = Counter(e.customer_id for e in events)
 
-    stack = Stack(workdir)
+    # no post-purchase follow-ups: the bench counts each customer's versions from what it sends
+    stack = Stack(workdir, env={"CRM_FOLLOWUP_PURCHASE_THRESHOLDS": "{}"})
     runner: AsyncRunner | None = None
     client: httpx.AsyncClient | None = None
     monitor: Monitor | None = None

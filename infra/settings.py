@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     # How often the projector's clock looks for complaints past their SLA and follow-ups past
     # their due time.
     deadline_check_seconds: float = Field(default=1.0, gt=0)
+    # Post-purchase follow-up: a purchase whose total is above its currency's threshold (JSON,
+    # e.g. CRM_FOLLOWUP_PURCHASE_THRESHOLDS='{"EUR": "500", "USD": "550"}'; {} turns it off)
+    # schedules a follow-up call `followup_purchase_delay_days` after it occurred.
+    followup_purchase_thresholds: dict[str, Decimal] = Field(
+        default_factory=lambda: {"EUR": Decimal(500)}
+    )
+    followup_purchase_delay_days: float = Field(default=7.0, gt=0)
+    followup_purchase_assignee: str | None = None
     # Webhooks: a delivery is retried with exponential backoff for at most `webhook_retry_seconds`.
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_seconds: float = Field(default=3600.0, gt=0)

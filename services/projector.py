@@ -37,6 +37,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from events import topics
+from events.envelope import Envelope
 from infra.eventstore import SCHEMA_LOCK, EventStore
 from infra.logs import configure_logging
 from infra.settings import Settings
@@ -53,6 +54,8 @@ from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView, 
 from services.alert_log import log_alerts, resolve_alerts
 from services.complaint_alerts import DeadlineClock, SpikeCheck, sla_policy
 from services.desertion import DailyScan, DesertionDetector
+from services.intake_outbox import CREATE_OUTBOX_SQL, enqueue
+from services.post_purchase import PostPurchaseFollowups
 from services.view_folds import (
     Change,
     Folded,
@@ -86,6 +89,9 @@ BatchCheck = Callable[
 """Looks at what a batch changed, across customers (by view name: the (before, after) states of
 customers whose row was written, for views with tables), in the batch's transaction; returns
 the alerts to log with it (the product complaint spike)."""
+Emitter = Callable[[Sequence[RecordedEvent], datetime], Sequence[Envelope]]
+"""The touchpoints a batch calls for (a post-purchase follow-up), enqueued in the intake outbox
+in the batch's transaction; their event ids come from their causes (see intake_outbox)."""
 
 
 def configured_views(settings: Settings) -> dict[str, CustomerView[Any]]:
@@ -115,12 +121,14 @@ class Projector:
         clock: Clock = utc_now,
         event_tables: Sequence[EventTable] = (),
         checks: Sequence[BatchCheck] = (),
+        emitters: Sequence[Emitter] = (),
     ):
         self.pool = pool
         self.views = views
         self.clock = clock
         self.event_tables = event_tables
         self.checks = checks
+        self.emitters = emitters
         self.caches = {view.name: ViewCache(cache_size) for view in views}
         self._ready = False
 
@@ -131,6 +139,7 @@ class Projector:
             await conn.execute(PROGRESS_SQL)
             await conn.execute(CREATE_ALERTS_SQL)
             await conn.execute(CREATE_DESERTION_SQL)
+            await conn.execute(CREATE_OUTBOX_SQL)
             for view in self.views:
                 await conn.execute(view.create_sql())
                 for table in view.tables:
@@ -171,6 +180,7 @@ class Projector:
                 alerts.extend(await check(conn, changes, now))
             await log_alerts(conn, alerts)
             await resolve_alerts(conn, ended, now)
+            await enqueue(conn, [e for emit in self.emitters for e in emit(events, now)])
             await conn.execute(
                 ADVANCE_PROGRESS_SQL, (progress_name, max(e.position for e in events))
             )
@@ -344,6 +354,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
         settings.projector_cache_size,
         event_tables=list(EVENT_TABLES.values()),
         checks=[SpikeCheck.from_settings(settings)],
+        emitters=[PostPurchaseFollowups.from_settings(settings)],
     )
     detector = DesertionDetector.from_settings(pool, settings, utc_now)
     clock = DeadlineClock(settings.deadline_check_seconds)

@@ -103,7 +103,9 @@ def stored_count(dsn: str, customer_prefix: str) -> int:
 
 def pipeline_env(bootstrap: str, dsn: str, **settings: str) -> dict[str, str]:
     """The environment of the platform's services for one test's pipeline: its own consumer
-    groups, short session timeouts, and any `CRM_*` settings given."""
+    groups, short session timeouts, no post-purchase follow-ups (a test that counts a customer's
+    events sees only what it sent; the follow-up test turns them on), and any `CRM_*` settings
+    given."""
     tag = uuid.uuid4().hex[:8]
     return {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -111,6 +113,7 @@ def pipeline_env(bootstrap: str, dsn: str, **settings: str) -> dict[str, str]:
         "CRM_RECORDER_GROUP": f"recorder-{tag}",
         "CRM_PROJECTOR_GROUP": f"projector-{tag}",
         "CRM_SESSION_TIMEOUT_MS": "3000",
+        "CRM_FOLLOWUP_PURCHASE_THRESHOLDS": "{}",
         **settings,
     }
 
