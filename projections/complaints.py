@@ -569,6 +569,7 @@ CREATE INDEX IF NOT EXISTS {CASES_TABLE}_product ON {CASES_TABLE} (product_sku, 
 CREATE INDEX IF NOT EXISTS {CASES_TABLE}_severity ON {CASES_TABLE} (severity, filed_at);
 CREATE INDEX IF NOT EXISTS {CASES_TABLE}_category ON {CASES_TABLE} (category, filed_at);
 CREATE INDEX IF NOT EXISTS {CASES_TABLE}_resolved ON {CASES_TABLE} (resolved_at);
+CREATE INDEX IF NOT EXISTS {CASES_TABLE}_complaint ON {CASES_TABLE} (complaint_id);
 CREATE INDEX IF NOT EXISTS {CASES_TABLE}_open_due ON {CASES_TABLE} (due_at) WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS {CASES_TABLE}_unalerted ON {CASES_TABLE} (due_at)
     WHERE status = 'open' AND alerted_episode < episode

@@ -1,7 +1,9 @@
 """Complaint cases across customers, from their rows (rm_complaint_cases):
 
 - GET /complaints: the cases matching the filters, newest filed first, a page at a time;
-- GET /complaints/{customer_id}/{complaint_id}: one case with its full history.
+- GET /complaints/{customer_id}/{complaint_id}: one case with its full history;
+- GET /complaints/{complaint_id}: the same when one customer has a case of that id (409 naming the
+  customers when several have one).
 
 Complaint ids are unique per customer only (each department numbers its own), so a case is named
 by both. `breached` is worked out at the time of the request: a case is breached while it is open
@@ -33,6 +35,9 @@ SUMMARY_FIELDS = (
     "satisfied",
 )  # fmt: skip
 _CASE_SQL = f"SELECT doc FROM {CASES_TABLE} WHERE customer_id = %s AND complaint_id = %s"
+_CASES_OF_ID_SQL = (
+    f"SELECT doc FROM {CASES_TABLE} WHERE complaint_id = %s ORDER BY customer_id LIMIT 21"
+)
 
 
 class ComplaintSummary(BaseModel):
@@ -173,7 +178,43 @@ async def get_complaint(
             status.HTTP_404_NOT_FOUND,
             f"complaint {complaint_id} of customer {customer_id} is unknown (or not projected yet)",
         )
-    report = case_report(case_from_json(rows[0][0]), datetime.now(UTC))
+    return _case_response(rows[0][0])
+
+
+@router.get(
+    "/{complaint_id}",
+    response_class=JSONResponse,
+    summary="One complaint case by its id alone",
+    responses={
+        200: {"model": ComplaintCase, "description": "The case"},
+        404: {"model": Problem, "description": "No case has this id (yet)"},
+        409: {"model": Problem, "description": "Several customers have a case of this id"},
+        **ERRORS,
+    },
+)
+async def get_complaint_by_id(
+    complaint_id: Annotated[str, Path(max_length=100, examples=["K-7"])], pool: ReadPool
+) -> Response:
+    """The case of `complaint_id` when exactly one customer has one; ids are unique per customer
+    only, so several answer 409 naming them (ask GET /complaints/{customer_id}/{complaint_id})."""
+    rows = await fetch_all(pool, _CASES_OF_ID_SQL, [complaint_id])
+    if not rows:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no customer has a complaint {complaint_id} (yet)"
+        )
+    if len(rows) > 1:
+        customers = [doc["customer_id"] for (doc,) in rows[:20]]
+        more = " and more" if len(rows) > 20 else ""
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"complaint {complaint_id} names cases of several customers ({', '.join(customers)}"
+            f"{more}): ask GET /complaints/{{customer_id}}/{complaint_id}",
+        )
+    return _case_response(rows[0][0])
+
+
+def _case_response(doc: dict[str, Any]) -> Response:
+    report = case_report(case_from_json(doc), datetime.now(UTC))
     ordered = {**{key: report[key] for key in SUMMARY_FIELDS}, "breached": report["breached"]}
     return Response(
         orjson.dumps(ordered | {"history": report["history"]}), media_type="application/json"

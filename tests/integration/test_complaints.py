@@ -287,6 +287,23 @@ def test_an_unknown_case_is_a_404(stack: Stack, sent: dict[str, Sent]) -> None:
     assert "complaint K-9 of customer" in answer.json()["detail"]
 
 
+def test_a_case_can_be_read_by_its_id_alone_unless_several_customers_have_that_id(
+    stack: Stack, sent: dict[str, Sent]
+) -> None:
+    owner = sent["two"].customer_id  # the only customer with a K-2
+    alone = stack.api.get("/complaints/K-2")
+    several = stack.api.get("/complaints/K-1")
+    unknown = stack.api.get("/complaints/K-404")
+
+    assert alone.status_code == 200, alone.text
+    assert alone.json() == case(stack, owner, "K-2")
+    assert several.status_code == 409
+    k1_owners = [s.customer_id for s in sent.values()]
+    assert all(c in several.json()["detail"] for c in sorted(k1_owners)[:5])
+    assert unknown.status_code == 404
+    assert "no customer has a complaint K-404" in unknown.json()["detail"]
+
+
 # --- the SLA, by the clock alone --------------------------------------------------------------
 
 
