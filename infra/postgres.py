@@ -76,6 +76,14 @@ class EmbeddedPostgres(ChildServer):
                     # and autovacuum holds a conflicting lock: PostgreSQL cancels autovacuum only
                     # after deadlock_timeout, 1 s by default, while intake waits.
                     "-c", "deadlock_timeout=100ms",
+                    # Every commit waits for its WAL to reach the disk. Fewer checkpoints mean
+                    # fewer full-page images in the WAL (the read models rewrite their rows all
+                    # the time), and WAL segments recycled instead of zero-filled: commits stalled
+                    # on WAL writes for tens of milliseconds under load with the defaults.
+                    "-c", "shared_buffers=256MB",
+                    "-c", "max_wal_size=8GB",
+                    "-c", "checkpoint_timeout=30min",
+                    "-c", "wal_init_zero=off",
                 ],
                 output=output,
                 death_signal=signal.SIGINT,  # fast shutdown
