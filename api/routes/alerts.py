@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import Feed, ReadPool
 from api.routes.customers import Problem, check_customer_id
+from api.routes.params import fetch_all
 from projections.alerts import (
     ACK_SQL,
     KINDS,
@@ -147,7 +148,7 @@ async def list_alerts(
         check_customer_id(customer_id)
     check_status(status_)
     where = AlertFilter(kinds, customer_id, status_)
-    rows = await _fetch_all(pool, *select_newest_sql(where, before, limit + 1))
+    rows = await fetch_all(pool, *select_newest_sql(where, before, limit + 1))
     page = rows[:limit]
     body = {
         "alerts": [logged_alert(*row) for row in page],
@@ -197,7 +198,7 @@ async def stream_start(
         return last_event_id
     if after is not None:
         return after
-    rows = await _fetch_all(pool, TAIL_SQL, [])
+    rows = await fetch_all(pool, TAIL_SQL, [])
     return int(rows[0][0]) if rows else 0
 
 
@@ -239,20 +240,10 @@ async def _read_after(
     """The next alerts of a stream; None while the database is unavailable (the stream stays
     open and reads again shortly: after a restart, the pool's stale connections fail once)."""
     try:
-        return await _fetch_all(pool, *select_after_sql(where, after, STREAM_BATCH))
+        return await fetch_all(pool, *select_after_sql(where, after, STREAM_BATCH))
     except OperationalError as error:
         log.warning("event=alert_stream_read_failed after=%d error=%r", after, str(error))
         return None
-
-
-async def _fetch_all(pool: AsyncConnectionPool[Any], query: str, params: list[Any]) -> list[Any]:
-    """All rows of a query of the alert log; none before the log exists."""
-    try:
-        async with pool.connection() as conn:
-            cursor = await conn.execute(query, params)
-            return await cursor.fetchall()
-    except UndefinedTable:
-        return []
 
 
 async def _acknowledge(pool: AsyncConnectionPool[Any], alert_id: str, by: str | None) -> Any:
