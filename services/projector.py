@@ -76,7 +76,6 @@ VIEWS: dict[str, CustomerView[Any]] = {
 """The read models with their default settings (tests; the names `crm replay` knows)."""
 EVENT_TABLES: dict[str, EventTable] = {TOUCHPOINTS.name: TOUCHPOINTS}
 BATCH = 1000
-BATCH_WITHIN_S = 0.02
 REPLAY_PAGE = 5000
 FULL_GC_EVERY_S = 600.0
 NEVER = 2**31 - 1  # a gc threshold no counter reaches
