@@ -26,7 +26,15 @@ from infra.broker import EmbeddedBroker
 from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from tests.conftest import new_database
-from tests.integration.helpers import ROOT, Service, end_offsets, pipeline_env, query, wait_until
+from tests.integration.helpers import (
+    ROOT,
+    Service,
+    end_offsets,
+    pipeline_env,
+    projected_at_least,
+    query,
+    wait_until,
+)
 
 MODULES = ("services.recorder", "services.relay", "services.projector")
 ALERT_NAMESPACE = uuid.UUID("11ef527a-f56f-4707-a1f1-b8efd878d3d7")
@@ -64,17 +72,9 @@ class Stack:
     def wait_projected(self, versions: dict[str, int], timeout: float = 60) -> None:
         """Until the 360 of each customer is at (at least) the given version."""
 
-        def done() -> bool:
-            rows = query(
-                self.dsn,
-                "SELECT customer_id, version FROM rm_customer_360 WHERE customer_id = ANY(%s)",
-                (list(versions),),
-            )
-            got = {str(c): int(v) for c, v in rows}  # type: ignore[call-overload]
-            return all(got.get(c, 0) >= v for c, v in versions.items())
-
         self.flush()
-        wait_until(done, timeout=timeout, what=f"{len(versions)} customers", log=self.log)
+        wait_until(lambda: projected_at_least(self.dsn, versions), timeout=timeout,
+                   what=f"{len(versions)} customers", log=self.log)  # fmt: skip
 
     def alerts(self, kind: str, prefix: str) -> list[tuple[str, dict[str, Any], str]]:
         """(alert_id, document, status) of the alerts of `kind` whose customer has the prefix

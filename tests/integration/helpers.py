@@ -101,6 +101,17 @@ def stored_count(dsn: str, customer_prefix: str) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def projected_at_least(dsn: str, versions: dict[str, int]) -> bool:
+    """Whether the 360 of each customer is at (at least) the given version."""
+    rows = query(
+        dsn,
+        "SELECT customer_id, version FROM rm_customer_360 WHERE customer_id = ANY(%s)",
+        (list(versions),),
+    )
+    got = {str(c): int(v) for c, v in rows}  # type: ignore[call-overload]
+    return all(got.get(c, 0) >= v for c, v in versions.items())
+
+
 def pipeline_env(bootstrap: str, dsn: str, **settings: str) -> dict[str, str]:
     """The environment of the platform's services for one test's pipeline: its own consumer
     groups, short session timeouts, no post-purchase follow-ups (a test that counts a customer's

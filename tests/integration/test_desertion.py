@@ -41,6 +41,7 @@ from tests.integration.helpers import (
     Service,
     end_offsets,
     pipeline_env,
+    projected_at_least,
     query,
     wait_until,
 )
@@ -109,16 +110,8 @@ class Stack:
         assert self.sdk.flush(timeout=60) == 0
 
     def wait_projected(self, versions: dict[str, int]) -> None:
-        def done() -> bool:
-            rows = query(
-                self.dsn,
-                "SELECT customer_id, version FROM rm_customer_360 WHERE customer_id = ANY(%s)",
-                (list(versions),),
-            )
-            got = {str(c): int(v) for c, v in rows}  # type: ignore[call-overload]
-            return all(got.get(c, 0) >= v for c, v in versions.items())
-
-        wait_until(done, timeout=90, what=f"{len(versions)} customers projected", log=self.log)
+        wait_until(lambda: projected_at_least(self.dsn, versions), timeout=90,
+                   what=f"{len(versions)} customers projected", log=self.log)  # fmt: skip
 
     def wait_judged(self, versions: dict[str, int]) -> None:
         """Until each customer's verdict was judged on (at least) the given version."""
