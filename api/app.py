@@ -26,6 +26,7 @@ from api.routes import (
     events,
     followups,
     health,
+    lookup,
     reports,
     subscriptions,
 )
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="CRM platform", lifespan=lifespan)
     app.include_router(events.router)
+    app.include_router(lookup.router)  # before /customers/{customer_id}
     app.include_router(customers.router)
     app.include_router(balances.router)
     app.include_router(complaints.router)

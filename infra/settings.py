@@ -5,7 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field
+import phonenumbers
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,8 +75,20 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=1.0, gt=0)
     webhook_max_backoff_seconds: float = Field(default=300.0, gt=0)
     webhook_concurrency_per_subscription: int = Field(default=4, ge=1)
+    # Screen pop: phone numbers without a country code are read in this region (ISO 3166
+    # alpha-2); the value tiers' cut points are recomputed this often.
+    phone_region: str = "DE"
+    tier_refresh_seconds: float = Field(default=60.0, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"expected an ISO 3166 alpha-2 region such as 'DE', got {value!r}")
+        return region
 
     @property
     def bootstrap(self) -> str:

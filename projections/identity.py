@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import phonenumbers
@@ -92,6 +93,7 @@ def is_placeholder(text: str) -> bool:
     return len(set(_NOT_DIGITS.sub("", folded))) <= 1
 
 
+@lru_cache(maxsize=65_536)  # pure; the same customers call from the same numbers
 def normalize_phone(text: str | None, default_region: str) -> str | None:
     """`text` as an E.164 number, or None when it is missing, a placeholder, does not parse,
     or is not a possible and valid number (see the module docstring).
@@ -168,6 +170,29 @@ def identifiers_of(event: RecordedEvent, default_region: str) -> tuple[Identifie
             if identifier not in found:
                 found.append(identifier)
     return tuple(found)
+
+
+def rejection(kind: IdentifierKind, text: str, default_region: str) -> str | None:
+    """Why `text` is no identifier of `kind` (None when it normalizes): "a placeholder" or
+    what it is not, for a person to read."""
+    if kind == "phone":
+        if normalize_phone(text, default_region) is not None:
+            return None
+        if is_placeholder(text):
+            return "a placeholder, not a phone number"
+        try:
+            number = phonenumbers.parse(text, _region(default_region))
+        except phonenumbers.NumberParseException:
+            return f"not a phone number (read in region {_region(default_region)})"
+        if not (phonenumbers.is_possible_number(number) and phonenumbers.is_valid_number(number)):
+            return f"not a valid phone number (read in region {_region(default_region)})"
+        return "a placeholder (one repeated digit or a run of consecutive digits)"
+    if normalize_email(text) is not None:
+        return None
+    address = text.strip().lower()
+    if len(address) > 254 or not _EMAIL.fullmatch(address):
+        return "not an e-mail address"
+    return "a placeholder e-mail address (no-reply, test or reserved domain)"
 
 
 def _normalized(kind: IdentifierKind, value: Any, default_region: str) -> str | None:

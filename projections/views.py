@@ -13,7 +13,7 @@ Two optional shapes serve queries across customers, written in the same transact
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -40,6 +40,10 @@ class RowTable(Generic[S]):
     create_sql: str
     upsert_sql: str
     rows: Callable[[S | None, S], list[tuple[Any, ...]]]
+    additive: bool = False
+    """The rows are deltas added to shared counts (co-purchases), not absolute values: the
+    projector then takes `before` from the stored row (locked) rather than from its cache, so a
+    change is counted once even when its cache was stale."""
 
     @property
     def table(self) -> str:
@@ -57,6 +61,25 @@ class EventTable:
     create_sql: str
     insert_sql: str
     row: Callable[[RecordedEvent], tuple[Any, ...]]
+
+    @property
+    def table(self) -> str:
+        return f"rm_{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventIndex:
+    """A read model of rows derived from single events of some `types` (the identifier index):
+    `rows(events)` gives the rows of a batch, already merged per key, in key order, for
+    `upsert_sql` (one array per column). The upsert must be idempotent and order-free (least /
+    greatest of what it keeps), so a redelivered event, a replay or another projector's batch
+    change nothing more. Events of other types cost it nothing."""
+
+    name: str
+    create_sql: str
+    upsert_sql: str
+    types: frozenset[str]
+    rows: Callable[[Sequence[RecordedEvent]], list[tuple[Any, ...]]]
 
     @property
     def table(self) -> str:

@@ -10,8 +10,11 @@ of recently seen customers are kept in memory, so a batch reads only unseen cust
 The complaint and follow-up views are sparse (they fold only their own event types), and keep a
 row per case and per follow-up for queries across customers; the touchpoint index keeps a row
 per event; the spike check reads the product's recent filings: all in the batch's transaction
-(services/view_folds.py, services/complaint_alerts.py). The desertion detector's loop runs the
-daily scans and the deadline clock (SLA breaches, overdue follow-ups).
+(services/view_folds.py, services/complaint_alerts.py). The offers view (sparse) keeps the
+co-purchase counts and daily spend, the identifier index the normalized phones and e-mails
+(projections/offer_view.py, projections/identifiers.py), in the same transaction. The desertion
+detector's loop runs the daily scans, the deadline clock (SLA breaches, overdue follow-ups) and
+the value tiers' cut points (services/offer_jobs.py).
 
 Run it with `python -m services.projector` (the `crm up` supervisor does), or
 `python -m services.projector replay customer_360` to rebuild a read model from the event store.
@@ -48,13 +51,22 @@ from projections.complaints import complaints_view
 from projections.customer_360 import CUSTOMER_360
 from projections.desertion import CREATE_DESERTION_SQL
 from projections.followups import FOLLOWUPS
+from projections.identifiers import identifier_index
+from projections.offer_view import OFFERS
 from projections.recorded import RecordedEvent, decode_recorded, from_store
 from projections.reports import TOUCHPOINTS
-from projections.views import ADVANCE_PROGRESS_SQL, PROGRESS_SQL, CustomerView, EventTable
+from projections.views import (
+    ADVANCE_PROGRESS_SQL,
+    PROGRESS_SQL,
+    CustomerView,
+    EventIndex,
+    EventTable,
+)
 from services.alert_log import log_alerts, resolve_alerts
 from services.complaint_alerts import DeadlineClock, SpikeCheck, sla_policy
 from services.desertion import DailyScan, DesertionDetector
 from services.intake_outbox import CREATE_OUTBOX_SQL, enqueue
+from services.offer_jobs import TierCutsClock, refresh_tier_cuts
 from services.post_purchase import PostPurchaseFollowups
 from services.view_folds import (
     Change,
@@ -63,6 +75,7 @@ from services.view_folds import (
     apply_sparse_view,
     apply_view,
     insert_event_rows,
+    upsert_index_rows,
 )
 
 log = logging.getLogger("crm.projector")
@@ -71,10 +84,12 @@ FETCH_MAX_WAIT_MS = 20
 set_json_loads(orjson.loads)  # read-model documents come back through orjson
 
 VIEWS: dict[str, CustomerView[Any]] = {
-    view.name: view for view in (CUSTOMER_360, BALANCE, complaints_view(), FOLLOWUPS)
+    view.name: view for view in (CUSTOMER_360, BALANCE, complaints_view(), FOLLOWUPS, OFFERS)
 }
 """The read models with their default settings (tests; the names `crm replay` knows)."""
 EVENT_TABLES: dict[str, EventTable] = {TOUCHPOINTS.name: TOUCHPOINTS}
+EVENT_INDEXES = ("identifiers",)
+"""Event indexes by name (built with the settings' phone region: `configured_indexes`)."""
 BATCH = 1000
 REPLAY_PAGE = 5000
 FULL_GC_EVERY_S = 600.0
@@ -95,8 +110,14 @@ in the batch's transaction; their event ids come from their causes (see intake_o
 
 def configured_views(settings: Settings) -> dict[str, CustomerView[Any]]:
     """The read models with the settings' SLA."""
-    views = (CUSTOMER_360, BALANCE, complaints_view(sla_policy(settings)), FOLLOWUPS)
+    views = (CUSTOMER_360, BALANCE, complaints_view(sla_policy(settings)), FOLLOWUPS, OFFERS)
     return {view.name: view for view in views}
+
+
+def configured_indexes(settings: Settings) -> dict[str, EventIndex]:
+    """The event indexes with the settings' default phone region."""
+    indexes = (identifier_index(settings.phone_region),)
+    return {index.name: index for index in indexes}
 
 
 def utc_now() -> datetime:
@@ -121,6 +142,7 @@ class Projector:
         event_tables: Sequence[EventTable] = (),
         checks: Sequence[BatchCheck] = (),
         emitters: Sequence[Emitter] = (),
+        event_indexes: Sequence[EventIndex] = (),
     ):
         self.pool = pool
         self.views = views
@@ -128,6 +150,7 @@ class Projector:
         self.event_tables = event_tables
         self.checks = checks
         self.emitters = emitters
+        self.event_indexes = event_indexes
         self.caches = {view.name: ViewCache(cache_size) for view in views}
         self._ready = False
 
@@ -145,6 +168,8 @@ class Projector:
                     await conn.execute(table.create_sql)
             for event_table in self.event_tables:
                 await conn.execute(event_table.create_sql)
+            for index in self.event_indexes:
+                await conn.execute(index.create_sql)
 
     async def create_tables_once(self) -> None:
         if not self._ready:
@@ -175,6 +200,8 @@ class Projector:
                 written.append((cache, folded))
             for table in self.event_tables:
                 await insert_event_rows(conn, table, [*events, *filled])
+            for index in self.event_indexes:
+                await upsert_index_rows(conn, index, [*events, *filled])
             for check in self.checks:
                 alerts.extend(await check(conn, changes, now))
             await log_alerts(conn, alerts)
@@ -309,13 +336,16 @@ async def replay(settings: Settings, names: Iterable[str]) -> int:
     configured = configured_views(settings)
     views = [configured[name] for name in names if name in configured]
     event_tables = [EVENT_TABLES[name] for name in names if name in EVENT_TABLES]
+    indexes = [i for name, i in configured_indexes(settings).items() if name in names]
     checks = [SpikeCheck.from_settings(settings)] if "complaints" in names else []
     store = EventStore(settings.dsn)
     async with AsyncConnectionPool(settings.dsn, min_size=1, max_size=2, open=False) as pool:
-        projector = Projector(pool, views, event_tables=event_tables, checks=checks)
+        projector = Projector(
+            pool, views, event_tables=event_tables, checks=checks, event_indexes=indexes
+        )
         async with pool.connection() as conn:
             tables = [t for v in views for t in (v.table, *(r.table for r in v.tables))]
-            for table in [*tables, *(t.table for t in event_tables)]:
+            for table in [*tables, *(t.table for t in [*event_tables, *indexes])]:
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await projector.create_tables()
         position = total = 0
@@ -327,6 +357,8 @@ async def replay(settings: Settings, names: Iterable[str]) -> int:
             position, total = batch[-1].id, total + len(batch)
         if CUSTOMER_360 in views:  # judged once, on the complete history
             await DesertionDetector.from_settings(pool, settings, utc_now).scan(utc_now())
+        if OFFERS in views:  # the cut points of the rebuilt spend
+            await refresh_tier_cuts(pool, utc_now())
     store.close()
     return total
 
@@ -336,7 +368,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
     settings = Settings()
     if argv and argv[0] == "replay":
         configure_logging("replay")
-        known = [*VIEWS, *EVENT_TABLES]
+        known = [*VIEWS, *EVENT_TABLES, *EVENT_INDEXES]
         names = list(argv[1:]) or known
         unknown = set(names) - set(known)
         if unknown:
@@ -354,10 +386,12 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> None:
         event_tables=list(EVENT_TABLES.values()),
         checks=[SpikeCheck.from_settings(settings)],
         emitters=[PostPurchaseFollowups.from_settings(settings)],
+        event_indexes=list(configured_indexes(settings).values()),
     )
     detector = DesertionDetector.from_settings(pool, settings, utc_now)
     clock = DeadlineClock(settings.deadline_check_seconds)
-    app = make_app(settings, projector, detector, every_turn=[clock])
+    tiers = TierCutsClock(settings.tier_refresh_seconds)
+    app = make_app(settings, projector, detector, every_turn=[clock, tiers])
     worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
 

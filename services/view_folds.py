@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from infra.eventstore import EVENTS_TABLE
 from projections.alerts import Alert
 from projections.recorded import RecordedEvent, from_store
-from projections.views import CustomerView, EventTable
+from projections.views import CustomerView, EventIndex, EventTable
 
 log = logging.getLogger("crm.projector")
 
@@ -103,7 +103,7 @@ async def apply_view(
         if version > start.version:
             folded[customer_id] = Folded(version, position, state)
             if view.tables:
-                begun[customer_id] = start.state
+                begun[customer_id] = start
     return folded, await _write(conn, view, folded, begun)
 
 
@@ -154,7 +154,7 @@ async def apply_sparse_view(
             version, position = step_version, event.position
         if version > start.version:
             folded[customer_id] = Folded(version, position, state)
-            begun[customer_id] = start.state
+            begun[customer_id] = start
     return folded, await _write(conn, view, folded, begun)
 
 
@@ -173,6 +173,8 @@ async def _write(
     row was written (not kept by a higher version). Returns those customers' changes."""
     if not folded:
         return []
+    if any(table.additive for table in view.tables):
+        begun = await _stored_starts(conn, view, folded, begun)
     rows = folded.values()
     cursor = await conn.execute(
         view.upsert_sql(),
@@ -185,13 +187,37 @@ async def _write(
     )
     if not view.tables:
         return []
-    changes = [(begun[c], folded[c].state) for (c,) in await cursor.fetchall()]
+    changes = [(begun[c].state, folded[c].state) for (c,) in await cursor.fetchall()]
     for table in view.tables:
         table_rows = [row for before, after in changes for row in table.rows(before, after)]
         if table_rows:
             columns = [list(column) for column in zip(*table_rows, strict=True)]
             await conn.execute(table.upsert_sql, columns)
     return changes
+
+
+async def _stored_starts(
+    conn: AsyncConnection[Any],
+    view: CustomerView[Any],
+    folded: dict[str, Folded],
+    begun: dict[str, Folded],
+) -> dict[str, Folded]:
+    """For a view with additive tables: lock the customers' rows and take the stored state as
+    where the batch began wherever it differs from the cached one (another projector moved the
+    row on during a rebalance), so that the deltas count each change once. One query; the
+    documents are read only for such customers (rare)."""
+    cursor = await conn.execute(
+        f"SELECT customer_id, version FROM {view.table} WHERE customer_id = ANY(%s::text[]) "
+        "ORDER BY customer_id FOR UPDATE",
+        (sorted(folded),),
+    )
+    stored = dict(await cursor.fetchall())
+    stale = [c for c in folded if stored.get(c, 0) != begun[c].version]
+    if not stale:
+        return begun
+    log.warning("event=stale_start view=%s customers=%d", view.name, len(stale))
+    reloaded = await _load(conn, view, stale)
+    return begun | {c: reloaded.get(c, NEW) for c in stale}
 
 
 async def insert_event_rows(
@@ -201,6 +227,15 @@ async def insert_event_rows(
     if events:
         rows = [table.row(event) for event in events]
         await conn.execute(table.insert_sql, [list(column) for column in zip(*rows, strict=True)])
+
+
+async def upsert_index_rows(
+    conn: AsyncConnection[Any], index: EventIndex, events: Sequence[RecordedEvent]
+) -> None:
+    """Upsert an event index's rows for a batch (nothing for a batch without its types)."""
+    rows = index.rows([e for e in events if e.envelope.type in index.types])
+    if rows:
+        await conn.execute(index.upsert_sql, [list(column) for column in zip(*rows, strict=True)])
 
 
 async def _load(

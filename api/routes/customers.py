@@ -8,7 +8,7 @@ below document its shape in OpenAPI, they do not check it on every request.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -27,6 +27,16 @@ from projections.balance import from_json as balance_from_json
 from projections.complaints import CASES_TABLE
 from projections.customer_360 import CUSTOMER_360, public_document
 from projections.desertion import DESERTION_TABLE, churn_risk
+from projections.offer_view import (
+    CUTS_JSON_SQL,
+    OFFERS,
+    PAIRS_SQL,
+    offers_of,
+    owned_skus,
+    segments_of,
+)
+from projections.offer_view import from_json as offer_from_json
+from projections.offers import MIN_SUPPORT
 from projections.recorded import from_store, rfc3339
 
 MAX_PAGE = 500
@@ -34,9 +44,11 @@ MAX_PAGE = 500
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 # Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
 _BASE_SQL = (
-    "SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at{} "
+    "SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at"
+    "{cases}{offers} "
     f"FROM {CUSTOMER_360.table} c LEFT JOIN {BALANCE.table} b USING (customer_id) "
-    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id) WHERE c.customer_id = %(customer_id)s"
+    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id){{offers_join}} "
+    "WHERE c.customer_id = %(customer_id)s"
 )
 _COMPLAINTS_SQL = (
     ", (SELECT json_agg(json_build_object('complaint_id', k.complaint_id, 'category', k.category, "
@@ -50,8 +62,19 @@ _COMPLAINTS_SQL = (
 """The customer's open cases, earliest deadline first, `breached` as of the request, and the
 latest verdict (`satisfied` of the latest resolution of a case resolved now): two lookups on the
 case rows' primary key, in the 360's one query."""
-_DOCUMENT_SQL = _BASE_SQL.format(_COMPLAINTS_SQL)
-_WITHOUT_CASES_SQL = _BASE_SQL.format(", NULL, NULL")
+_OFFERS_SQL = f", o.doc::text, {CUTS_JSON_SQL}::text"
+_OFFERS_JOIN = f" LEFT JOIN {OFFERS.table} o USING (customer_id)"
+"""The customer's offers view and every currency's tier cut points (a row per currency)."""
+_DOCUMENT_QUERIES = tuple(
+    _BASE_SQL.format(cases=cases, offers=offers_sql, offers_join=join)
+    for cases, offers_sql, join in (
+        (_COMPLAINTS_SQL, _OFFERS_SQL, _OFFERS_JOIN),
+        (_COMPLAINTS_SQL, ", NULL, NULL", ""),
+        (", NULL, NULL", ", NULL, NULL", ""),
+    )
+)
+"""The 360's query, then the same without the tables a projector may not have created yet (an
+older database, a replay in progress): the offers tables, then also the complaint cases."""
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -133,6 +156,62 @@ class ChurnRisk(BaseModel):
     judged_at: datetime
 
 
+class GoesWellWith(BaseModel):
+    sku: str
+    name: str | None = Field(description="a name the SKU was sold under")
+    score: float = Field(description="lift: N·n(A,B) / (n(A)·n(B)), > 1")
+    together: int = Field(description="orders holding both")
+    because: str = Field(description="the SKU the customer has that it goes with")
+
+
+class LikelyNext(BaseModel):
+    sku: str
+    name: str | None
+    interval_days: int = Field(description="median days between the days it was bought")
+    last_on: date
+    expected_at: date = Field(description="last_on + interval_days")
+    due: bool = Field(description="expected within 30 days of today, or past")
+
+
+class Offers(BaseModel):
+    goes_well_with: list[GoesWellWith] = Field(description="best lift first, at most 5")
+    likely_next: list[LikelyNext] = Field(description="due first, then by expected date")
+
+
+class NetSpend(BaseModel):
+    currency: str
+    amount: Money
+
+
+class ProductInterest(BaseModel):
+    sku: str
+    weight: float = Field(description="views decayed with a half-life of 14 days")
+    views: int
+    last_viewed_at: datetime
+
+
+class CategoryInterest(BaseModel):
+    category: str
+    weight: float
+    views: int
+    last_viewed_at: datetime
+
+
+class Interests(BaseModel):
+    products: list[ProductInterest]
+    categories: list[CategoryInterest]
+
+
+class Segments(BaseModel):
+    tier: Literal["platinum", "gold", "silver", "bronze"] | None = Field(
+        description="by trailing 12-month net spend among the customers of its currency; null "
+        "without any spend or before the cut points are computed"
+    )
+    net_spend_12m: NetSpend | None
+    tier_cuts_at: datetime | None = Field(description="when the cut points were computed")
+    interests: Interests
+
+
 class Customer360(BaseModel):
     """The customer 360 ("screen pop") after the customer's events up to `version` (its
     global `position` in the event store)."""
@@ -152,6 +231,8 @@ class Customer360(BaseModel):
     recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
     balance: BalanceSummary = Field(description="see GET /customers/{customer_id}/balance")
     churn_risk: ChurnRisk | None = Field(description="null until the customer is first judged")
+    offers: Offers = Field(description="what to offer (see the README's screen pop)")
+    segments: Segments
 
 
 class TimelineEvent(BaseModel):
@@ -208,35 +289,57 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
     """The customer 360 as the projector last wrote it, with its open complaints (breached as of
-    now), the satisfaction indicator, the balance as of today (UTC) and the last desertion
-    verdict (null until the customer is first judged)."""
+    now), the satisfaction indicator, the balance as of today (UTC), the last desertion
+    verdict (null until the customer is first judged), what to offer and the segments."""
     check_customer_id(customer_id)
-    now = datetime.now(UTC)
+    document = await customer_document(pool, customer_id, datetime.now(UTC))
+    if document is None:
+        raise await not_found(store, customer_id)
+    return Response(orjson.dumps(document), media_type="application/json")
+
+
+async def customer_document(
+    pool: AsyncConnectionPool[Any], customer_id: str, now: datetime
+) -> dict[str, Any] | None:
+    """The 360 document of GET /customers/{customer_id}, None when not in the view: one query,
+    and one more for the co-purchases of what the customer has."""
     row = await _fetch_document(pool, customer_id, now)
     if row is None:
-        raise await not_found(store, customer_id)
+        return None
     open_cases = orjson.loads(row[7]) if row[7] else []
     document = public_document(orjson.loads(row[0]), open_cases, row[8])
     balance = balance_from_json(orjson.loads(row[1])) if row[1] else Balance(customer_id)
     document["balance"] = summary(balance, now.date())
     verdict, *episodes = row[2:7]
     document["churn_risk"] = churn_risk(orjson.loads(verdict), *episodes) if verdict else None
-    return Response(orjson.dumps(document), media_type="application/json")
+    state = offer_from_json(orjson.loads(row[9])) if row[9] else None
+    pairs = await _pairs(pool, owned_skus(state))
+    document["offers"] = offers_of(state, pairs, now)
+    document["segments"] = segments_of(state, orjson.loads(row[10]) if row[10] else None, now)
+    return document
+
+
+async def _pairs(pool: AsyncConnectionPool[Any], skus: list[str]) -> list[Any]:
+    """The co-purchase rows of these SKUs with enough support (none without SKUs)."""
+    if not skus:
+        return []
+    async with pool.connection() as conn:
+        cursor = await conn.execute(PAIRS_SQL, (skus, MIN_SUPPORT))
+        return await cursor.fetchall()
 
 
 async def _fetch_document(pool: AsyncConnectionPool[Any], customer_id: str, now: datetime) -> Any:
     """The 360's row, or None; without complaint cases while their table does not exist (a
     database the projector has not upgraded yet, `crm replay complaints` in progress)."""
     params = {"customer_id": customer_id, "now": now}
-    try:
-        async with pool.connection() as conn:
+    async with pool.connection() as conn:
+        for query in _DOCUMENT_QUERIES:
             try:
-                cursor = await conn.execute(_DOCUMENT_SQL, params)
+                cursor = await conn.execute(query, params)
             except UndefinedTable:
-                cursor = await conn.execute(_WITHOUT_CASES_SQL, params)
+                continue
             return await cursor.fetchone()
-    except UndefinedTable:
-        return None
+    return None
 
 
 async def fetch_row(pool: AsyncConnectionPool[Any], query: str, customer_id: str) -> Any:

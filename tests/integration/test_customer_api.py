@@ -148,6 +148,7 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     assert list(body) == [  # the documented fields, in the documented order
         "customer_id", "version", "position", "profile", "touchpoints", "purchases",
         "complaints", "open_complaints", "satisfaction", "recent", "balance", "churn_risk",
+        "offers", "segments",
     ]  # fmt: skip
     assert (body["customer_id"], body["version"]) == (CUSTOMER, len(world.setup.sent))
     assert body["position"] == world.setup.positions[-1]
@@ -170,6 +171,14 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
         "currency": None,
     }
     assert body["churn_risk"] is None, "not judged: the detector has not seen the customer"
+    # the offers view is not created in this database: nothing to offer yet
+    assert body["offers"] == {"goes_well_with": [], "likely_next": []}
+    assert body["segments"] == {
+        "tier": None,
+        "net_spend_12m": None,
+        "tier_cuts_at": None,
+        "interests": {"products": [], "categories": []},
+    }
 
 
 def test_unknown_and_not_yet_projected_customers_are_404(world: World) -> None:
