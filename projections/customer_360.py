@@ -351,6 +351,10 @@ def _followup_completed_summary(p: Payload) -> str:
     return f"{text}: {p['outcome']}" if p.get("outcome") else text
 
 
+def _merged_summary(p: Payload) -> str:
+    return f"Merged into {p['into_customer_id']}"
+
+
 _SUMMARIES: dict[str, Callable[[Payload], str]] = {
     "customer.registered": _registered_summary,
     "customer.updated": _updated_summary,
@@ -368,6 +372,7 @@ _SUMMARIES: dict[str, Callable[[Payload], str]] = {
     "web.visited": _visit_summary,
     "followup.scheduled": _followup_scheduled_summary,
     "followup.completed": _followup_completed_summary,
+    "customer.merged": _merged_summary,
 }
 
 
