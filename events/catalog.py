@@ -3,6 +3,7 @@ upcasters that turn an older version into the current one."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,25 @@ class Catalog:
             ) from None
 
 
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+"""A customer id in a payload field naming another customer: the envelope's pattern for
+`customer_id` (events.envelope, which imports this module; a unit test holds them equal)."""
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+
+
+def customer_ref(name: str) -> Field:
+    """A payload field naming another customer: a customer id, as in the envelope."""
+
+    def check(value: Any) -> None:
+        if not isinstance(value, str) or not _CUSTOMER_ID.fullmatch(value):
+            raise FieldError(
+                f"expected a customer id (1-64 characters of A-Z a-z 0-9 _ . : -), got {value!r}"
+            )
+
+    schema = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": CUSTOMER_ID_PATTERN}
+    return Field(name, check, schema)
+
+
 def _v1(type_: str, description: str, *fields: Field) -> EventSchema:
     return EventSchema(type_, 1, fields, description)
 
@@ -123,6 +143,11 @@ CATALOG = Catalog(
             "A new customer became known to a department.",
             text("name", max_length=200),
             *_PROFILE,
+        ),
+        _v1(
+            "customer.merged",
+            "The customer was a duplicate, merged away into `into_customer_id`.",
+            customer_ref("into_customer_id"),
         ),
         _v1(
             "customer.updated",

@@ -91,6 +91,15 @@ class TypedTouchpoints:
         fields = _fields(name=name, email=email, phone=phone, address=address)
         return self.send("customer.updated", customer_id, fields, **options)
 
+    def customer_merged(
+        self, customer_id: str, *, into_customer_id: str, **options: Unpack[EventOptions]
+    ) -> str:
+        """`customer_id` is a duplicate of `into_customer_id` and is merged away into it; sent on
+        the stream of the customer merged away. The platform refuses (dead-letters) a merge into
+        itself, into an unknown customer or one merged away, and a second merge of a customer."""
+        fields = _fields(into_customer_id=into_customer_id)
+        return self.send("customer.merged", customer_id, fields, **options)
+
     def call_logged(
         self,
         customer_id: str,

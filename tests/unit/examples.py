@@ -22,6 +22,7 @@ VALID_PAYLOADS: dict[str, dict[str, Any]] = {
         "address": "12 St James's Square, London",
     },
     "customer.updated": {"email": "ada.lovelace@example.com"},
+    "customer.merged": {"into_customer_id": "C-0007"},
     "call.logged": {
         "direction": "inbound",
         "phone": "+44 20 7946 0000",

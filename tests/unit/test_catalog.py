@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from events.catalog import CATALOG, Catalog, EventSchema, Payload
+from events import envelope as envelope_module
+from events.catalog import CATALOG, CUSTOMER_ID_PATTERN, Catalog, EventSchema, Payload
 from events.envelope import Envelope, validate_envelope
 from events.errors import InvalidEvent
 from events.fields import text
@@ -232,11 +233,12 @@ def test_asking_the_catalog_for_a_missing_version_is_unsupported_version() -> No
 # --- the real catalog --------------------------------------------------------------------
 
 
-def test_the_real_catalog_holds_the_sixteen_types_of_catalog_v1() -> None:
+def test_the_real_catalog_holds_the_seventeen_types_of_catalog_v1() -> None:
     assert CATALOG.types == sorted(
         [
             "customer.registered",
             "customer.updated",
+            "customer.merged",
             "call.logged",
             "email.logged",
             "purchase.made",
@@ -277,3 +279,41 @@ def test_the_envelope_upcasts_with_the_real_catalog_by_default() -> None:
     )
 
     assert manual.upcast() is manual
+
+
+# --- customer.merged ---------------------------------------------------------------------
+
+
+def test_the_catalog_and_the_envelope_agree_on_what_a_customer_id_is() -> None:
+    assert CUSTOMER_ID_PATTERN == envelope_module.CUSTOMER_ID_PATTERN
+
+
+def merged(payload: Any) -> dict[str, Any]:
+    return {**envelope("customer.merged"), "payload": payload}
+
+
+def test_a_merge_names_the_customer_it_is_merged_into() -> None:
+    event = validate_envelope(merged({"into_customer_id": "C-2"}))
+
+    assert (event.type, event.payload) == ("customer.merged", {"into_customer_id": "C-2"})
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "payload.into_customer_id"),
+        ({"into_customer_id": None}, "payload.into_customer_id"),
+        ({"into_customer_id": ""}, "payload.into_customer_id"),
+        ({"into_customer_id": "C 2"}, "payload.into_customer_id"),
+        ({"into_customer_id": "C" * 65}, "payload.into_customer_id"),
+        ({"into_customer_id": 2}, "payload.into_customer_id"),
+        ({"into_customer_id": "C-2", "reason": "duplicate"}, "payload.reason"),
+    ],
+)
+def test_a_merge_without_a_valid_customer_id_to_merge_into_is_a_schema_violation(
+    payload: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate_envelope(merged(payload))
+
+    assert (caught.value.code, caught.value.field) == ("schema_violation", field)
