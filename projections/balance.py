@@ -40,7 +40,7 @@ excess (the episode of the credit alert); null while within the limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
@@ -370,6 +370,24 @@ def summary(state: Balance, as_of: date) -> dict[str, Any]:
         "available_credit": credit["available"],
         "currency": credit["currency"],
     }
+
+
+def combined_summary(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The `summary` of a survivor (first) and of the customers merged into it: outstanding and
+    overdue added up per currency; the survivor's credit terms, its available credit taken
+    against the combined outstanding in the credit currency."""
+    first = parts[0]
+    outstanding, overdue = (
+        {c: _text(sum((Decimal(p[key].get(c, "0")) for p in parts), ZERO))
+         for c in sorted({c for p in parts for c in p[key]})}
+        for key in ("outstanding", "overdue")
+    )  # fmt: skip
+    limit, currency = first["credit_limit"], first["currency"]
+    available = (
+        None if limit is None else _text(Decimal(limit) - Decimal(outstanding.get(currency, "0")))
+    )
+    return {"outstanding": outstanding, "overdue": overdue, "credit_limit": limit,
+            "available_credit": available, "currency": currency}  # fmt: skip
 
 
 # --- alerts -------------------------------------------------------------------------------

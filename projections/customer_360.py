@@ -210,6 +210,54 @@ CUSTOMER_360: CustomerView[Customer360] = CustomerView("customer_360", apply, to
 """The read model for the projector: table rm_customer_360."""
 
 
+def combine(survivor: Customer360, merged: Iterable[Customer360]) -> Customer360:
+    """The survivor's view with the history of the customers merged into it (read-time merges,
+    projections/merge_index.py): counts and spend added up, the earliest first and the latest
+    last times, the latest items of all (each of a merged customer naming it), and the
+    survivor's profile, with what it lacks taken from the merged (most recently active first).
+    The survivor's version and position stay: they say how far its own events are applied."""
+    view = survivor
+    for other in sorted(merged, key=lambda v: (v.last_at is not None, v.last_at), reverse=True):
+        theirs = tuple(_naming(item, other.customer_id) for item in other.recent)
+        view = replace(
+            view,
+            profile=Profile(
+                *(getattr(view.profile, f) or getattr(other.profile, f) for f in PROFILE_FIELDS)
+            ),
+            by_type=_added(view.by_type, other.by_type),
+            first_at=_either(min, view.first_at, other.first_at),
+            last_at=_either(max, view.last_at, other.last_at),
+            purchase_count=view.purchase_count + other.purchase_count,
+            total_spent=_added(view.total_spent, other.total_spent),
+            spend_by_month={
+                c: _added(view.spend_by_month.get(c, {}), other.spend_by_month.get(c, {}))
+                for c in sorted({*view.spend_by_month, *other.spend_by_month})
+            },
+            last_purchase_at=_either(max, view.last_purchase_at, other.last_purchase_at),
+            complaints_total=view.complaints_total + other.complaints_total,
+            open_complaint_ids=view.open_complaint_ids
+            | {f"{other.customer_id}/{i}" for i in other.open_complaint_ids},
+            recent=tuple(sorted((*view.recent, *theirs), key=_recency, reverse=True))[
+                :RECENT_LIMIT
+            ],
+        )
+    return view
+
+
+def _naming(item: RecentItem, customer_id: str) -> RecentItem:
+    return replace(item, doc={**item.doc, "customer_id": customer_id})
+
+
+def _added(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted({*a, *b})}
+
+
+def _either(
+    pick: Callable[[datetime, datetime], datetime], a: datetime | None, b: datetime | None
+) -> datetime | None:
+    return b if a is None else a if b is None else pick(a, b)
+
+
 # --- effects on the view beyond counting, by type ------------------------------------------
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from projections.identity import identifiers_of
+from projections.merge_index import MAX_CHAIN, MERGES_TABLE
 from projections.recorded import RecordedEvent
 from projections.views import EventIndex
 
@@ -43,11 +44,27 @@ ON CONFLICT (kind, value, customer_id) DO UPDATE SET
         OR (excluded.last_seen = t.last_seen AND excluded.source < t.source)
         THEN excluded.source ELSE t.source END
 """
-LOOKUP_SQL = (
-    "SELECT i.customer_id, c.doc->'profile'->>'name', i.source, i.first_seen, i.last_seen "
-    f"FROM {IDENTIFIERS_TABLE} i LEFT JOIN rm_customer_360 c USING (customer_id) "
-    "WHERE i.kind = %s AND i.value = %s ORDER BY i.last_seen DESC, i.customer_id LIMIT %s"
-)
+LOOKUP_SQL = f"""
+WITH RECURSIVE hit AS (
+    SELECT customer_id, source, first_seen, last_seen FROM {IDENTIFIERS_TABLE}
+    WHERE kind = %s AND value = %s),
+up(start, id, depth) AS (
+    SELECT customer_id, customer_id, 0 FROM hit UNION ALL
+    SELECT up.start, m.into_customer_id, up.depth + 1 FROM up JOIN {MERGES_TABLE} m
+    ON m.customer_id = up.id WHERE up.depth < {MAX_CHAIN}),
+survivor AS (SELECT DISTINCT ON (start) start, id FROM up ORDER BY start, depth DESC),
+best AS (
+    SELECT DISTINCT ON (s.id) s.id, h.customer_id AS seen_on, h.source, h.first_seen,
+        h.last_seen
+    FROM hit h JOIN survivor s ON s.start = h.customer_id
+    ORDER BY s.id, h.last_seen DESC, h.customer_id)
+SELECT b.id, c.doc->'profile'->>'name', b.seen_on, b.source, b.first_seen, b.last_seen
+FROM best b LEFT JOIN rm_customer_360 c ON c.customer_id = b.id
+ORDER BY b.last_seen DESC, b.id LIMIT %s
+"""
+"""The customers an identifier leads to: each match's survivor (merges followed, see
+projections/merge_index.py), once, with the customer the identifier was seen on most recently
+among those merged into it. Primary-key lookups."""
 
 Key = tuple[str, str, str]
 

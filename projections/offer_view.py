@@ -308,6 +308,39 @@ def tier_window(now: datetime) -> tuple[date, date]:
     return today - timedelta(days=WINDOW_DAYS), today
 
 
+def combine(survivor: OfferState, merged: Iterable[OfferState]) -> OfferState:
+    """The survivor's activity with that of the customers merged into it (read-time merges,
+    projections/merge_index.py): their orders (keyed `customer/order`, ids being unique per
+    customer only), refunds and views, so that what they have, buy again and look at counts
+    for the survivor. Names known to the survivor win."""
+    state = survivor
+    for other in merged:
+        a, b = state.activity, other.activity
+        orders = {f"{other.customer_id}/{i}": o for i, o in b.orders.items()}
+        activity = Activity(
+            orders={**a.orders, **orders},
+            refunds=(*a.refunds, *b.refunds),
+            product_views=_views_added(a.product_views, b.product_views),
+            category_views=_views_added(a.category_views, b.category_views),
+        )
+        state = replace(state, activity=activity, names={**other.names, **state.names})
+    return state
+
+
+def _views_added(a: Mapping[str, Views], b: Mapping[str, Views]) -> dict[str, Views]:
+    """Views of the same key added up, decayed to the later of their times."""
+    added = dict(a)
+    for key, theirs in b.items():
+        ours = added.get(key)
+        if ours is None:
+            added[key] = theirs
+            continue
+        at = max(ours.at, theirs.at)
+        weight = ours.weight_at(at) + theirs.weight_at(at)
+        added[key] = Views(weight, at, ours.count + theirs.count)
+    return added
+
+
 # --- read time: the 360's "offers" and "segments" --------------------------------------------
 
 EMPTY_OFFERS: dict[str, Any] = {"goes_well_with": [], "likely_next": []}

@@ -11,10 +11,11 @@ The complaint and follow-up views are sparse (they fold only their own event typ
 row per case and per follow-up for queries across customers; the touchpoint index keeps a row
 per event; the spike check reads the product's recent filings: all in the batch's transaction
 (services/view_folds.py, services/complaint_alerts.py). The offers view (sparse) keeps the
-co-purchase counts and daily spend, the identifier index the normalized phones and e-mails
-(projections/offer_view.py, projections/identifiers.py), in the same transaction. The desertion
-detector's loop runs the daily scans, the deadline clock (SLA breaches, overdue follow-ups) and
-the value tiers' cut points (services/offer_jobs.py).
+co-purchase counts and daily spend, the identifier index the normalized phones and e-mails,
+the merge index who was merged into whom (projections/offer_view.py, projections/identifiers.py,
+projections/merge_index.py), in the same transaction. The desertion detector's loop runs the
+daily scans, the deadline clock (SLA breaches, overdue follow-ups) and the value tiers' cut
+points (services/offer_jobs.py).
 
 Run it with `python -m services.projector` (the `crm up` supervisor does), or
 `python -m services.projector replay customer_360` to rebuild a read model from the event store.
@@ -52,6 +53,7 @@ from projections.customer_360 import CUSTOMER_360
 from projections.desertion import CREATE_DESERTION_SQL
 from projections.followups import FOLLOWUPS
 from projections.identifiers import identifier_index
+from projections.merge_index import MERGE_INDEX
 from projections.offer_view import OFFERS
 from projections.recorded import RecordedEvent, decode_recorded, from_store
 from projections.reports import TOUCHPOINTS
@@ -88,7 +90,7 @@ VIEWS: dict[str, CustomerView[Any]] = {
 }
 """The read models with their default settings (tests; the names `crm replay` knows)."""
 EVENT_TABLES: dict[str, EventTable] = {TOUCHPOINTS.name: TOUCHPOINTS}
-EVENT_INDEXES = ("identifiers",)
+EVENT_INDEXES = ("identifiers", "merges")
 """Event indexes by name (built with the settings' phone region: `configured_indexes`)."""
 BATCH = 1000
 REPLAY_PAGE = 5000
@@ -116,7 +118,7 @@ def configured_views(settings: Settings) -> dict[str, CustomerView[Any]]:
 
 def configured_indexes(settings: Settings) -> dict[str, EventIndex]:
     """The event indexes with the settings' default phone region."""
-    indexes = (identifier_index(settings.phone_region),)
+    indexes = (identifier_index(settings.phone_region), MERGE_INDEX)
     return {index.name: index for index in indexes}
 
 

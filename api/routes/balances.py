@@ -15,8 +15,18 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from api.customer_document import merge_links
 from api.deps import ReadPool, Store
-from api.routes.customers import ERRORS, CustomerId, Money, check_customer_id, fetch_row, not_found
+from api.routes.customers import (
+    ERRORS,
+    CustomerId,
+    MergedInto,
+    Money,
+    check_customer_id,
+    fetch_row,
+    merged_away,
+    not_found,
+)
 from projections.balance import BALANCE, from_json, report
 
 router = APIRouter(prefix="/customers", tags=["customers"])
@@ -73,11 +83,22 @@ class BalanceReport(BaseModel):
     as_of: date
 
 
+class SurvivorBalance(BalanceReport):
+    """A customer's own balance, and that of each customer merged into it (each its own ledger:
+    invoice ids are unique per customer only). The 360's balance adds them up."""
+
+    merged: list[BalanceReport] = Field(description="by customer id")
+
+
 @router.get(
     "/{customer_id}/balance",
     response_class=JSONResponse,
     summary="Balance and credit",
-    responses={200: {"model": BalanceReport, "description": "The balance"}, **ERRORS},
+    responses={
+        200: {"model": SurvivorBalance, "description": "The balance"},
+        308: {"model": MergedInto, "description": "Merged away: `Location` is the survivor's"},
+        **ERRORS,
+    },
 )
 async def get_balance(
     customer_id: CustomerId,
@@ -90,10 +111,14 @@ async def get_balance(
     """Balances per currency, aging, open invoices and credit; zeros for a customer who has
     never been invoiced."""
     check_customer_id(customer_id)
+    survivor, merged = await merge_links(pool, customer_id)
+    if survivor != customer_id:
+        return merged_away(customer_id, survivor, "/balance")
     row = await fetch_row(pool, _BALANCE_SQL, customer_id)
     if row is None:
         raise await not_found(store, customer_id)
     day = as_of or datetime.now(UTC).date()
-    return Response(
-        orjson.dumps(report(from_json(orjson.loads(row[0])), day)), media_type="application/json"
-    )
+    body = report(from_json(orjson.loads(row[0])), day)
+    rows = [await fetch_row(pool, _BALANCE_SQL, c) for c in merged]
+    body["merged"] = [report(from_json(orjson.loads(r[0])), day) for r in rows if r is not None]
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,8 +1,9 @@
 """GET /customers/{customer_id}: the customer 360 from its read models, and
 GET /customers/{customer_id}/timeline: the customer's recorded events, newest first.
 
-The 360 document is sent as the JSONB text PostgreSQL returns, without parsing it: the models
-below document its shape in OpenAPI, they do not check it on every request.
+The 360 is assembled in api/customer_document.py: the models below document its shape in
+OpenAPI, they do not check it on every request. A customer merged away answers 308 with the
+survivor's address (its timeline stays readable: the events are its own).
 """
 
 from __future__ import annotations
@@ -19,62 +20,15 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from api.customer_document import MergedAway, customer_document
 from api.deps import ReadPool, Store
 from events.envelope import CUSTOMER_ID_PATTERN
 from infra.eventstore import EventStore
-from projections.balance import BALANCE, Balance, summary
-from projections.balance import from_json as balance_from_json
-from projections.complaints import CASES_TABLE
-from projections.customer_360 import CUSTOMER_360, public_document
-from projections.desertion import DESERTION_TABLE, churn_risk
-from projections.offer_view import (
-    CUTS_JSON_SQL,
-    OFFERS,
-    PAIRS_SQL,
-    offers_of,
-    owned_skus,
-    segments_of,
-)
-from projections.offer_view import from_json as offer_from_json
-from projections.offers import MIN_SUPPORT
 from projections.recorded import from_store, rfc3339
 
 MAX_PAGE = 500
 
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
-# Text, parsed with orjson: faster than psycopg's JSON loader, and JSONB does not keep key order.
-_BASE_SQL = (
-    "SELECT c.doc::text, b.doc::text, d.verdict::text, d.episodes, d.open, d.since, d.judged_at"
-    "{cases}{offers} "
-    f"FROM {CUSTOMER_360.table} c LEFT JOIN {BALANCE.table} b USING (customer_id) "
-    f"LEFT JOIN {DESERTION_TABLE} d USING (customer_id){{offers_join}} "
-    "WHERE c.customer_id = %(customer_id)s"
-)
-_COMPLAINTS_SQL = (
-    ", (SELECT json_agg(json_build_object('complaint_id', k.complaint_id, 'category', k.category, "
-    "'severity', k.severity, 'due_at', k.doc->'due_at', 'breached', k.due_at <= %(now)s) "
-    'ORDER BY k.due_at, k.complaint_id COLLATE "C")::text '
-    f"FROM {CASES_TABLE} k WHERE k.customer_id = c.customer_id AND k.status = 'open'), "
-    f"(SELECT k.satisfied FROM {CASES_TABLE} k WHERE k.customer_id = c.customer_id "
-    "AND k.status = 'resolved' AND k.satisfied IS NOT NULL "
-    'ORDER BY k.resolved_at DESC, k.complaint_id COLLATE "C" DESC LIMIT 1)'
-)
-"""The customer's open cases, earliest deadline first, `breached` as of the request, and the
-latest verdict (`satisfied` of the latest resolution of a case resolved now): two lookups on the
-case rows' primary key, in the 360's one query."""
-_OFFERS_SQL = f", o.doc::text, {CUTS_JSON_SQL}::text"
-_OFFERS_JOIN = f" LEFT JOIN {OFFERS.table} o USING (customer_id)"
-"""The customer's offers view and every currency's tier cut points (a row per currency)."""
-_DOCUMENT_QUERIES = tuple(
-    _BASE_SQL.format(cases=cases, offers=offers_sql, offers_join=join)
-    for cases, offers_sql, join in (
-        (_COMPLAINTS_SQL, _OFFERS_SQL, _OFFERS_JOIN),
-        (_COMPLAINTS_SQL, ", NULL, NULL", ""),
-        (", NULL, NULL", ", NULL, NULL", ""),
-    )
-)
-"""The 360's query, then the same without the tables a projector may not have created yet (an
-older database, a replay in progress): the offers tables, then also the complaint cases."""
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -117,6 +71,7 @@ class OpenComplaint(BaseModel):
     """An open complaint case (see GET /complaints/{customer_id}/{complaint_id})."""
 
     complaint_id: str
+    customer_id: str = Field(description="whose case: this customer or one merged into it")
     category: str
     severity: Literal["low", "medium", "high"]
     due_at: datetime = Field(description="its SLA deadline (the current episode's)")
@@ -128,7 +83,10 @@ class RecentTouchpoint(BaseModel):
     type: str
     occurred_at: datetime
     summary: str = Field(description="one line for a person to read")
-    version: int
+    version: int = Field(description="within the events of the customer it happened to")
+    customer_id: str | None = Field(
+        None, description="only on the items of a customer merged into this one: that customer"
+    )
 
 
 class BalanceSummary(BaseModel):
@@ -229,6 +187,10 @@ class Customer360(BaseModel):
         "satisfied; happy: nothing open and the latest verdict is satisfied; else neutral"
     )
     recent: list[RecentTouchpoint] = Field(description="the latest touchpoints, newest first")
+    merged_customer_ids: list[str] = Field(
+        description="the customers merged into this one (directly or through a chain): their "
+        "history is counted in this document"
+    )
     balance: BalanceSummary = Field(description="see GET /customers/{customer_id}/balance")
     churn_risk: ChurnRisk | None = Field(description="null until the customer is first judged")
     offers: Offers = Field(description="what to offer (see the README's screen pop)")
@@ -263,6 +225,10 @@ class Problem(BaseModel):
     detail: str
 
 
+class MergedInto(Problem):
+    merged_into: str = Field(description="the surviving customer")
+
+
 CustomerId = Annotated[
     str,
     Path(
@@ -285,61 +251,35 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     "/{customer_id}",
     response_class=JSONResponse,
     summary="Customer 360",
-    responses={200: {"model": Customer360, "description": "The 360 document"}, **ERRORS},
+    responses={
+        200: {"model": Customer360, "description": "The 360 document"},
+        308: {"model": MergedInto, "description": "Merged away: `Location` is the survivor's"},
+        **ERRORS,
+    },
 )
 async def get_customer(customer_id: CustomerId, pool: ReadPool, store: Store) -> Response:
     """The customer 360 as the projector last wrote it, with its open complaints (breached as of
     now), the satisfaction indicator, the balance as of today (UTC), the last desertion
-    verdict (null until the customer is first judged), what to offer and the segments."""
+    verdict (null until the customer is first judged), what to offer and the segments; with the
+    history of the customers merged into it."""
     check_customer_id(customer_id)
     document = await customer_document(pool, customer_id, datetime.now(UTC))
+    if isinstance(document, MergedAway):
+        return merged_away(customer_id, document.survivor, "")
     if document is None:
         raise await not_found(store, customer_id)
     return Response(orjson.dumps(document), media_type="application/json")
 
 
-async def customer_document(
-    pool: AsyncConnectionPool[Any], customer_id: str, now: datetime
-) -> dict[str, Any] | None:
-    """The 360 document of GET /customers/{customer_id}, None when not in the view: one query,
-    and one more for the co-purchases of what the customer has."""
-    row = await _fetch_document(pool, customer_id, now)
-    if row is None:
-        return None
-    open_cases = orjson.loads(row[7]) if row[7] else []
-    document = public_document(orjson.loads(row[0]), open_cases, row[8])
-    balance = balance_from_json(orjson.loads(row[1])) if row[1] else Balance(customer_id)
-    document["balance"] = summary(balance, now.date())
-    verdict, *episodes = row[2:7]
-    document["churn_risk"] = churn_risk(orjson.loads(verdict), *episodes) if verdict else None
-    state = offer_from_json(orjson.loads(row[9])) if row[9] else None
-    pairs = await _pairs(pool, owned_skus(state))
-    document["offers"] = offers_of(state, pairs, now)
-    document["segments"] = segments_of(state, orjson.loads(row[10]) if row[10] else None, now)
-    return document
-
-
-async def _pairs(pool: AsyncConnectionPool[Any], skus: list[str]) -> list[Any]:
-    """The co-purchase rows of these SKUs with enough support (none without SKUs)."""
-    if not skus:
-        return []
-    async with pool.connection() as conn:
-        cursor = await conn.execute(PAIRS_SQL, (skus, MIN_SUPPORT))
-        return await cursor.fetchall()
-
-
-async def _fetch_document(pool: AsyncConnectionPool[Any], customer_id: str, now: datetime) -> Any:
-    """The 360's row, or None; without complaint cases while their table does not exist (a
-    database the projector has not upgraded yet, `crm replay complaints` in progress)."""
-    params = {"customer_id": customer_id, "now": now}
-    async with pool.connection() as conn:
-        for query in _DOCUMENT_QUERIES:
-            try:
-                cursor = await conn.execute(query, params)
-            except UndefinedTable:
-                continue
-            return await cursor.fetchone()
-    return None
+def merged_away(customer_id: str, survivor: str, path: str) -> Response:
+    """308 to the survivor's resource, with a body that says so (for clients that do not
+    follow redirects)."""
+    location = f"/customers/{survivor}{path}"
+    body = {
+        "detail": f"customer {customer_id} was merged into {survivor}; see {location}",
+        "merged_into": survivor,
+    }
+    return JSONResponse(body, status.HTTP_308_PERMANENT_REDIRECT, headers={"Location": location})
 
 
 async def fetch_row(pool: AsyncConnectionPool[Any], query: str, customer_id: str) -> Any:

@@ -3,7 +3,9 @@
 The input is normalized as the identifier index is (projections/identity.py: E.164 with the
 settings' default region, e-mail stripped and lower-cased), then looked up in rm_identifiers on
 its primary key. One customer: their 360 (as GET /customers/{customer_id}) with `matched_by`;
-several: a short list saying why each matched. Registered before GET /customers/{customer_id},
+several: a short list saying why each matched. Merges are followed: an identifier of a customer
+merged away leads to its survivor (`seen_on` names the customer it was seen on), and a survivor
+is listed once. Registered before GET /customers/{customer_id},
 so "lookup" is never read as a customer id.
 """
 
@@ -18,8 +20,9 @@ from fastapi.responses import JSONResponse
 from psycopg.errors import UndefinedTable
 from pydantic import BaseModel, Field
 
+from api.customer_document import customer_document
 from api.deps import AppSettings, ReadPool
-from api.routes.customers import Customer360, Problem, customer_document
+from api.routes.customers import Customer360, Problem
 from projections.identifiers import LOOKUP_SQL
 from projections.identity import IdentifierKind, normalize_email, normalize_phone, rejection
 from projections.recorded import rfc3339
@@ -34,6 +37,7 @@ class Match(BaseModel):
 
     kind: IdentifierKind
     value: str = Field(description="the normalized identifier (E.164, or the address)")
+    seen_on: str = Field(description="the customer it was seen on: this one, or one merged into it")
     source: str = Field(description="event type that gave it last, e.g. call.logged")
     first_seen: datetime
     last_seen: datetime
@@ -101,17 +105,17 @@ async def lookup(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no customer has the {kind} {value}")
     now = datetime.now(UTC)
     if len(rows) == 1:
-        customer_id, _, source, first_seen, last_seen = rows[0]
+        customer_id, _, seen_on, source, first_seen, last_seen = rows[0]
         document = await customer_document(pool, customer_id, now)
-        if document is not None:
-            document["matched_by"] = _match(kind, value, source, first_seen, last_seen)
+        if isinstance(document, dict):
+            document["matched_by"] = _match(kind, value, seen_on, source, first_seen, last_seen)
             return Response(orjson.dumps(document), media_type="application/json")
     body = {
         "kind": kind,
         "value": value,
         "matches": [
-            {"customer_id": c, "name": name, **_match(kind, value, source, first, last)}
-            for c, name, source, first, last in rows[:MAX_MATCHES]
+            {"customer_id": c, "name": name, **_match(kind, value, seen, source, first, last)}
+            for c, name, seen, source, first, last in rows[:MAX_MATCHES]
         ],
         "truncated": len(rows) > MAX_MATCHES,
     }
@@ -119,7 +123,7 @@ async def lookup(
 
 
 def _match(
-    kind: str, value: str, source: str, first_seen: datetime, last_seen: datetime
+    kind: str, value: str, seen_on: str, source: str, first_seen: datetime, last_seen: datetime
 ) -> dict[str, Any]:
-    return {"kind": kind, "value": value, "source": source,
+    return {"kind": kind, "value": value, "seen_on": seen_on, "source": source,
             "first_seen": rfc3339(first_seen), "last_seen": rfc3339(last_seen)}  # fmt: skip

@@ -81,7 +81,8 @@ class _Customer:
         self.favorites = rng.sample(_EVERYDAY, 4)
         self.contact = self._contact()
         registered = period.start + int(profile.joined * (period.end - period.start))
-        self.at(registered if profile.joined == 0 else self._daytime(registered), self._register)
+        self.registered = registered if profile.joined == 0 else self._daytime(registered)
+        self.at(self.registered, self._register)
 
     def events(self) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
         emitted = 0

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.demo.customer import _Customer
+from infra.demo.duplicates import duplicate_of, is_duplicate
 from infra.demo.people import _profiles
 
 
@@ -52,7 +53,8 @@ def generate(
 
     The same arguments give the same envelopes, event ids included. Customers are "C-000001"
     onwards. About a tenth are deserting (see `deserting_customers`): their spend in the last 4
-    months falls against the 6 before, so `months` >= 10 shows it in full.
+    months falls against the 6 before, so `months` >= 10 shows it in full. One in
+    `duplicates.EVERY` also has a duplicate account "W-..." that is merged into it.
     """
     if customers < 0 or months < 1:
         raise ValueError(f"expected customers >= 0 and months >= 1, got {customers}, {months}")
@@ -61,8 +63,24 @@ def generate(
     elif end.tzinfo is None:
         raise ValueError(f"end must be timezone-aware, got {end.isoformat()}")
     period = _Period.ending(end, months)
-    lives = [
-        _Customer(index, profile, rng, period).events()
+    people = [
+        _Customer(index, profile, rng, period)
         for index, (profile, rng) in enumerate(_profiles(customers, seed), start=1)
     ]
+    lives: list[Iterator[tuple[int, int, int, dict[str, Any]]]] = [p.events() for p in people]
+    lives += [
+        _duplicate(customers + p.index, p, period, seed) for p in people if is_duplicate(p.index)
+    ]
     return (envelope for *_, envelope in heapq.merge(*lives))
+
+
+def _duplicate(
+    index: int, person: _Customer, period: _Period, seed: int
+) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """The events of `person`'s duplicate account, sorted like a customer's (`index` unique)."""
+    events = duplicate_of(
+        person.p.customer_id, person.contact, person.p.currency, person.registered,
+        period.end, seed,
+    )  # fmt: skip
+    for emitted, (ts, envelope) in enumerate(events, start=1):
+        yield ts, index, emitted, envelope

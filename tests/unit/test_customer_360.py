@@ -8,6 +8,7 @@ import string
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -584,6 +585,7 @@ PAYLOADS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "followup.completed": st.fixed_dictionaries(
         {"followup_id": ids.map("F-{}".format)}, optional={"outcome": words}
     ),
+    "customer.merged": st.fixed_dictionaries({"into_customer_id": ids.map("C-{}".format)}),
 }
 
 
@@ -660,3 +662,37 @@ def test_totals_match_what_the_payloads_add_up_to(events: list[RecordedEvent]) -
     )
     assert (first_at, last_at) == (min(times), max(times))
     assert [r["version"] for r in doc["recent"]] == [e.version for e in newest[:RECENT_LIMIT]]
+
+
+@given(histories(), histories())
+def test_a_survivor_combined_with_a_merged_customer_counts_both_histories(
+    ours: list[RecordedEvent], theirs: list[RecordedEvent]
+) -> None:
+    survivor, merged = fold(ours), fold(theirs)
+    assert survivor is not None and merged is not None
+    merged = replace(merged, customer_id="C-merged")
+
+    combined = customer_360.combine(survivor, [merged])
+
+    both = [*ours, *theirs]
+    times = [e.envelope.occurred_at for e in both]
+    assert combined.by_type == dict(Counter(e.envelope.type for e in both))
+    assert (combined.first_at, combined.last_at) == (min(times), max(times))
+    assert combined.purchase_count == survivor.purchase_count + merged.purchase_count
+    for currency in {*survivor.total_spent, *merged.total_spent}:
+        assert combined.total_spent[currency] == survivor.total_spent.get(
+            currency, 0
+        ) + merged.total_spent.get(currency, 0)
+    newest = sorted(((e.envelope.occurred_at, e.version) for e in both), reverse=True)[
+        : customer_360.RECENT_LIMIT
+    ]
+    assert [(r.occurred_at, r.version) for r in combined.recent] == newest
+    assert all(
+        r.doc.get("customer_id") == "C-merged"
+        for r in combined.recent
+        if r.event_id in {e.envelope.event_id for e in theirs}
+    )
+    assert len(combined.open_complaint_ids) == len(survivor.open_complaint_ids) + len(
+        merged.open_complaint_ids
+    )
+    assert (combined.version, combined.position) == (survivor.version, survivor.position)

@@ -71,7 +71,7 @@ def test_every_generated_event_passes_the_wire_contract(history: list[Event]) ->
 
     assert {e["type"] for e in history} == set(CATALOG.types)
     assert {e["source"] for e in history} == SOURCES
-    assert all(re.fullmatch(r"C-\d{6}", e["customer_id"]) for e in history)
+    assert all(re.fullmatch(r"[CW]-\d{6}", e["customer_id"]) for e in history)
     assert len({e["event_id"] for e in history}) == len(history)
 
 
@@ -80,7 +80,9 @@ def test_a_customer_has_60_to_120_events_a_year_on_average(history: list[Event])
     print(f"{len(history)} events for {CUSTOMERS} customers: {per_customer:.1f} each")
 
     assert 60 <= per_customer <= 120
-    assert len({e["customer_id"] for e in history}) == CUSTOMERS
+    assert len({e["customer_id"] for e in history if e["customer_id"].startswith("C-")}) == (
+        CUSTOMERS
+    )
 
 
 def test_the_same_arguments_give_the_same_events_and_another_seed_others() -> None:
@@ -374,3 +376,23 @@ def test_send_demo_sends_every_event_in_order_then_flushes() -> None:
     assert sent == len(events)
     assert producer.sent == events
     assert producer.flushes == 1
+
+
+def test_duplicate_accounts_share_the_identifiers_and_are_merged_into_their_customer(
+    history: list[Event],
+) -> None:
+    merges = of_type(history, "customer.merged")
+    registered = {e["customer_id"]: e["payload"] for e in of_type(history, "customer.registered")}
+    assert merges, "the demo merges some duplicate accounts"
+    for merge in merges:
+        duplicate, survivor = merge["customer_id"], merge["payload"]["into_customer_id"]
+        assert duplicate == "W-" + survivor.removeprefix("C-")
+        theirs, ours = registered[duplicate], registered[survivor]
+        assert theirs["email"].lower() == ours["email"].lower()
+        if "phone" in ours:
+            assert re.sub(r"[^\d+]", "", ours["phone"]) == theirs["phone"]
+        stream = [e for e in history if e["customer_id"] == duplicate]
+        assert stream[0]["type"] == "customer.registered"
+        assert at(stream[0]) > at(next(e for e in history if e["customer_id"] == survivor))
+    merged = {m["customer_id"] for m in merges}
+    assert {e["customer_id"] for e in history if e["customer_id"].startswith("W-")} >= merged
