@@ -147,8 +147,8 @@ def test_the_360_shows_the_figures_of_the_recorded_events(world: World) -> None:
     )
     assert list(body) == [  # the documented fields, in the documented order
         "customer_id", "version", "position", "profile", "touchpoints", "purchases",
-        "complaints", "open_complaints", "satisfaction", "recent", "balance", "churn_risk",
-        "offers", "segments",
+        "complaints", "open_complaints", "satisfaction", "recent", "merged_customer_ids",
+        "balance", "churn_risk", "offers", "segments",
     ]  # fmt: skip
     assert (body["customer_id"], body["version"]) == (CUSTOMER, len(world.setup.sent))
     assert body["position"] == world.setup.positions[-1]

@@ -186,7 +186,8 @@ def test_differently_formatted_numbers_of_one_phone_find_the_customer(
         assert body["customer_id"] == cid("ada")
         assert body == screen(stack, cid("ada")) | {"matched_by": body["matched_by"]}
         assert body["matched_by"] == {
-            "kind": "phone", "value": ADA_PHONE, "source": "customer.registered",
+            "kind": "phone", "value": ADA_PHONE, "seen_on": cid("ada"),
+            "source": "customer.registered",
             "first_seen": _z(NOW - timedelta(days=3)), "last_seen": _z(NOW - timedelta(days=3)),
         }  # fmt: skip
         assert list(body)[-3:] == ["offers", "segments", "matched_by"]
@@ -228,6 +229,7 @@ def test_several_customers_with_one_address_give_a_list(stack: Stack, sent: dict
                 "name": f"Family {n}",
                 "kind": "email",
                 "value": value,
+                "seen_on": cid(f"shared{n + 1}"),
                 "source": "customer.registered",
                 "first_seen": _z(NOW - timedelta(days=5 - n)),
                 "last_seen": _z(NOW - timedelta(days=5 - n)),
