@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "views",
         nargs="*",
         metavar="VIEW",
-        help="customer_360, balance, complaints, followups, offers, touchpoints or identifiers "
-        "(default: all)",
+        help="customer_360, balance, complaints, followups, offers, touchpoints, identifiers or "
+        "merges (default: all)",
     )
     replay.set_defaults(run=lambda args: _exec("services.projector", "replay", *args.views))
 
