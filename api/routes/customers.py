@@ -8,6 +8,7 @@ survivor's address (its timeline stays readable: the events are its own).
 
 from __future__ import annotations
 
+import heapq
 import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -20,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.customer_document import MergedAway, customer_document
+from api.customer_document import MergedAway, customer_document, merge_links
 from api.deps import ReadPool, Store
 from events.envelope import CUSTOMER_ID_PATTERN
 from infra.eventstore import EventStore
@@ -200,8 +201,9 @@ class Customer360(BaseModel):
 class TimelineEvent(BaseModel):
     """A recorded event, its payload at the current schema version of its type."""
 
+    customer_id: str = Field(description="whose: the customer, or one merged into it")
     position: int = Field(description="global position in the event store")
-    version: int = Field(description="1, 2, 3... within the customer's events")
+    version: int = Field(description="1, 2, 3... within that customer's events")
     event_id: str
     type: str
     schema_version: int
@@ -212,7 +214,8 @@ class TimelineEvent(BaseModel):
 
 
 class Timeline(BaseModel):
-    """One page of a customer's recorded events, newest first."""
+    """One page of a customer's recorded events and those of the customers merged into it,
+    newest first."""
 
     customer_id: str
     events: list[TimelineEvent]
@@ -310,26 +313,43 @@ async def not_found(store: EventStore, customer_id: str) -> HTTPException:
     summary="Customer timeline",
     responses={200: {"model": Timeline, "description": "A page of events"}, **ERRORS},
 )
-def get_timeline(
+async def get_timeline(
     customer_id: CustomerId,
+    pool: ReadPool,
     store: Store,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: Annotated[
         int | None, Query(ge=1, description="only events at positions below this one")
     ] = None,
 ) -> Response:
-    """The customer's recorded events from the event store, newest first, `limit` per page."""
+    """The customer's recorded events from the event store, with those of the customers merged
+    into it, newest (highest position) first, `limit` per page."""
     check_customer_id(customer_id)
-    rows = store.timeline(customer_id, limit=limit + 1, before=before)
-    if not rows and (before is None or not _is_recorded(store, customer_id)):
+    _, merged = await merge_links(pool, customer_id)
+    streams = [customer_id, *merged]
+    rows = await run_in_threadpool(_timeline_rows, store, streams, limit + 1, before)
+    if not rows and (
+        before is None or not await run_in_threadpool(_is_recorded, store, customer_id)
+    ):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _unknown(customer_id))
     page = rows[:limit]
     body = {
         "customer_id": customer_id,
         "events": [_timeline_event(*row) for row in page],
-        "next_before": page[-1][1] if len(rows) > limit else None,
+        "next_before": page[-1][2] if len(rows) > limit else None,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _timeline_rows(
+    store: EventStore, customer_ids: list[str], limit: int, before: int | None
+) -> list[tuple[str, int, int, bytes]]:
+    """(customer_id, version, position, state) of the customers' events below `before`, the
+    `limit` highest positions: a page of each stream, merged."""
+    pages = (
+        [(c, *row) for row in store.timeline(c, limit=limit, before=before)] for c in customer_ids
+    )
+    return list(heapq.merge(*pages, key=lambda row: row[2], reverse=True))[:limit]
 
 
 def check_customer_id(customer_id: str) -> None:
@@ -348,9 +368,10 @@ def _is_recorded(store: EventStore, customer_id: str) -> bool:
     return bool(store.stream_versions({customer_id}))
 
 
-def _timeline_event(version: int, position: int, state: bytes) -> dict[str, Any]:
+def _timeline_event(customer_id: str, version: int, position: int, state: bytes) -> dict[str, Any]:
     envelope = from_store(state, position=position, version=version).envelope
     return {
+        "customer_id": customer_id,
         "position": position,
         "version": version,
         "event_id": envelope.event_id,

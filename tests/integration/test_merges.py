@@ -175,11 +175,34 @@ def test_identifiers_of_a_merged_customer_lead_to_the_survivor(stack: Stack, sen
     assert own["customer_id"] == SURVIVOR and own["matched_by"]["seen_on"] == SURVIVOR
 
 
+def test_the_survivor_s_timeline_pages_through_every_merged_stream(
+    stack: Stack, sent: Sent
+) -> None:
+    everyone = (SURVIVOR, DUPLICATE, OLD, OLDER)
+    seen: list[tuple[str, int, int]] = []
+    before: int | None = None
+    while True:
+        params = {"limit": 4} | ({} if before is None else {"before": before})
+        page = stack.api.get(f"/customers/{SURVIVOR}/timeline", params=params).json()
+        seen += [(e["customer_id"], e["version"], e["position"]) for e in page["events"]]
+        before = page["next_before"]
+        if before is None:
+            break
+
+    assert sorted((c, v) for c, v, _ in seen) == sorted(
+        (c, v) for c in everyone for v in range(1, len(sent.types[c]) + 1)
+    )
+    positions = [p for *_, p in seen]
+    assert positions == sorted(positions, reverse=True)
+
+
 def test_a_merged_customer_keeps_its_own_timeline(stack: Stack, sent: Sent) -> None:
     answer = stack.api.get(f"/customers/{DUPLICATE}/timeline")
 
     assert answer.status_code == 200, answer.text
-    assert len(answer.json()["events"]) == len(sent.types[DUPLICATE])
+    events = answer.json()["events"]
+    assert [e["version"] for e in events] == list(range(len(sent.types[DUPLICATE]), 0, -1))
+    assert {e["customer_id"] for e in events} == {DUPLICATE}
 
 
 # --- replay (last: it stops and restarts the projector) ----------------------------------------
