@@ -1,6 +1,6 @@
 """HTTP ingest rules: a request body of one envelope or a list of envelopes becomes Kafka
 records for crm.touchpoints, all of them or none; none either when a complaint event is a
-transition its case cannot take."""
+transition its case cannot take, or a merge event a merge the rules refuse."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import orjson
 from events.codec import encode
 from events.envelope import Envelope, new_event_id, validate_envelope
 from events.errors import ErrorCode, InvalidEvent
-from infra.eventstore import ComplaintState
+from infra.eventstore import ComplaintState, MergeState
 from projections.complaints import COMPLAINT_TYPES, case_from_json, check_transitions
+from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merge, merge_of
 
 MAX_EVENTS = 1000
 
@@ -46,6 +47,74 @@ class RejectedBatch(Exception):
 class ImpossibleTransitions(RejectedBatch):
     """Nothing of the request is accepted: `errors` lists each complaint event its case cannot
     take (`index`, `complaint_id`, the case's `status` then, and the reason)."""
+
+
+class ImpossibleMerges(RejectedBatch):
+    """Nothing of the request is accepted: `errors` lists each merge event the rules refuse
+    (`index`, the rule's `code`, `customer_id` and `into_customer_id`, and the reason)."""
+
+
+def has_merges(records: Sequence[Record]) -> bool:
+    return any(r.envelope.type == CUSTOMER_MERGED for r in records)
+
+
+def merge_customers(records: Sequence[Record]) -> set[str]:
+    """The customers the merge events of `records` are about: merged away and merged into."""
+    ids: set[str] = set()
+    for record in records:
+        if record.envelope.type == CUSTOMER_MERGED:
+            into = record.envelope.payload.get("into_customer_id")
+            ids.update([record.envelope.customer_id, *([into] if isinstance(into, str) else [])])
+    return ids
+
+
+def refuse_impossible_merges(records: Sequence[Record], state: MergeState) -> None:
+    """Raise ImpossibleMerges if a merge event of the request breaks a merge rule, given the
+    recorded `state` and the request's merges before it, in order. A customer is known by its
+    recorded events only, not by one earlier in the request: that travels on its own partition
+    and may reach the recorder after the merge. An event whose id is recorded already, or
+    earlier in the request, is a resend: not checked."""
+    seen = set(state.known)
+    merged_into = dict(state.merged_into)
+    errors: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        envelope = record.envelope
+        if record.event_id in seen:
+            continue
+        seen.add(record.event_id)
+        if envelope.type == CUSTOMER_MERGED:
+            try:
+                merge = merge_of(envelope.customer_id, envelope.payload)
+                check_merge(merge, merged_into, state.customers)
+            except MergeRejected as error:
+                errors.append(_merge_error(index, error))
+                continue
+            merged_into[merge.customer_id] = merge.into_customer_id
+    if not errors:
+        return
+    first = errors[0]
+    detail = (
+        f"{len(errors)} of {len(records)} events are impossible merges; nothing was accepted "
+        f"(event {first['index']}: {first['code']}: {first['message']})"
+    )
+    raise ImpossibleMerges(detail, errors)
+
+
+_MERGE_FIELDS = {"already_merged": "customer_id", "invalid_payload": ""}
+"""The field a refused merge is about, by code (the others: payload.into_customer_id); an
+invalid payload's message names its field."""
+
+
+def _merge_error(index: int, error: MergeRejected) -> dict[str, Any]:
+    field = _MERGE_FIELDS.get(error.code, "payload.into_customer_id")
+    return {
+        "index": index,
+        "code": error.code,
+        "field": field,
+        "message": error.message,
+        "customer_id": error.customer_id,
+        "into_customer_id": error.into_customer_id,
+    }
 
 
 def has_complaints(records: Sequence[Record]) -> bool:

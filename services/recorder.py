@@ -12,6 +12,11 @@ transaction of the events that changed it. A batch's new complaint events are ch
 order against those states; the refused ones are dead-lettered (code invalid_transition) and
 acknowledged before the rest is recorded, so a crash in between only dead-letters them again.
 
+Customer merges: every accepted merge is kept in crm_customer_merges, written in the transaction
+of its event. A batch's new customer.merged events are checked in order against the merges
+recorded and those before them in the batch (projections.merges); the refused ones are
+dead-lettered the same way, with the rule's code (merge_into_self, already_merged, ...).
+
 Run it with `python -m services.recorder` (the `crm up` supervisor does).
 """
 
@@ -23,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -33,7 +38,7 @@ from kafka.errors import KafkaError
 from events import topics
 from events.codec import decode
 from events.envelope import Envelope
-from events.errors import InvalidEvent
+from events.errors import ErrorCode, InvalidEvent
 from events.metadata import all_topics_metadata, exact
 from infra.eventstore import (
     CaseConflict,
@@ -43,6 +48,10 @@ from infra.eventstore import (
     ComplaintState,
     EventStore,
     IntakePosition,
+    MergeConflict,
+    MergeRow,
+    MergeState,
+    MergeWrites,
     RecordOutcome,
 )
 from infra.logs import configure_logging
@@ -56,6 +65,7 @@ from projections.complaints import (
     case_to_json,
     check_transitions,
 )
+from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merge, merge_of
 
 log = logging.getLogger("crm.recorder")
 
@@ -63,7 +73,8 @@ _RETRY_SECONDS = 1.0
 _DEADLETTER_ACK_TIMEOUT = 30.0
 DEFAULT_SLA = SlaPolicy()
 _CASE_CHECKS = 5
-"""Checks of one batch against the complaint cases before giving up (loudly) on conflicts."""
+"""Checks of one batch against the complaint cases and merges before giving up (loudly) on
+conflicts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,95 @@ def backfill_cases(
             yield CaseWrite(key[0], key[1], 0, case_state(case), checked.applied[key])
 
 
+@dataclass(frozen=True, slots=True)
+class MergeGuard:
+    """A batch's new merge events checked against the merges before them: the rows of the
+    accepted ones, the rejections of the others and their event ids."""
+
+    merges: MergeWrites
+    refused: list[Rejection]
+    refused_ids: frozenset[str]
+
+
+_MERGE_FIELDS = {"already_merged": "customer_id", "invalid_payload": ""}
+"""The field a refused merge is about, by code (the others: payload.into_customer_id); an
+invalid payload's message names its field."""
+
+
+def merge_rejection(record: ConsumerRecord, error: MergeRejected) -> Rejection:
+    """The dead letter of a refused merge: the rule's code, and what the rule needed."""
+    code = cast(ErrorCode, error.code)  # the merge codes of projections.merges
+    return Rejection(
+        record,
+        InvalidEvent(
+            code, _MERGE_FIELDS.get(error.code, "payload.into_customer_id"), error.message
+        ),
+    )
+
+
+def merge_customers(envelopes: Iterable[Envelope]) -> set[str]:
+    """The customers the merge events of `envelopes` are about: merged away and merged into."""
+    ids: set[str] = set()
+    for e in envelopes:
+        if e.type == CUSTOMER_MERGED:
+            ids.add(e.customer_id)
+            into = e.payload.get("into_customer_id")
+            if isinstance(into, str):
+                ids.add(into)
+    return ids
+
+
+def guard_merges(
+    envelopes: Sequence[Envelope], sources: Sequence[ConsumerRecord], state: MergeState
+) -> MergeGuard:
+    """Check the new merge events of a batch in order, each against the recorded merges and
+    those accepted before it in the batch; a customer is known (can be merged into) when it
+    has a recorded event or one earlier in the batch that is recorded with it. Only an event
+    the store would record counts: the first occurrence of its id, not recorded yet; a resend
+    is a duplicate, not a second merge."""
+    merged_into = dict(state.merged_into)
+    known = None if state.customers is None else set(state.customers)
+    seen = set(state.known)
+    rows: list[MergeRow] = []
+    refused: list[Rejection] = []
+    refused_ids: set[str] = set()
+    unmerged: set[str] = set()
+    for envelope, record in zip(envelopes, sources, strict=True):
+        if envelope.event_id in seen:
+            continue  # recorded already, or earlier in the batch: dropped as a duplicate
+        seen.add(envelope.event_id)
+        if envelope.type == CUSTOMER_MERGED:
+            try:
+                merge = merge_of(envelope.customer_id, envelope.payload)
+                check_merge(merge, merged_into, known)
+            except MergeRejected as error:
+                refused.append(merge_rejection(record, error))
+                refused_ids.add(envelope.event_id)
+                continue  # not recorded: it makes its customer known no more than it merges
+            merged_into[merge.customer_id] = merge.into_customer_id
+            unmerged |= {merge.customer_id, merge.into_customer_id}  # as the store must find them
+            rows.append(MergeRow(merge.customer_id, merge.into_customer_id, envelope.event_id))
+        if known is not None:
+            known.add(envelope.customer_id)
+    writes = MergeWrites(CUSTOMER_MERGED, rows, frozenset(unmerged))
+    return MergeGuard(writes, refused, frozenset(refused_ids))
+
+
+def backfill_merges(stored: Iterator[tuple[int, Envelope]]) -> Iterator[MergeRow]:
+    """The merge rows of merge events already stored (in position order). One the rules refuse
+    (recorded before they existed) merges nothing. Whether the customer merged into existed is
+    not checked: the store's events of that time are not at hand."""
+    merged_into: dict[str, str] = {}
+    for position, envelope in stored:
+        try:
+            merge = merge_of(envelope.customer_id, envelope.payload)
+            check_merge(merge, merged_into)
+        except MergeRejected:
+            continue
+        merged_into[merge.customer_id] = merge.into_customer_id
+        yield MergeRow(merge.customer_id, merge.into_customer_id, envelope.event_id, position)
+
+
 def _revision(state: ComplaintState, key: CaseKey) -> int:
     stored = state.cases.get(key)
     return 0 if stored is None else stored.revision
@@ -234,34 +334,61 @@ class Recorder(ConsumerRebalanceListener):
         sources: list[ConsumerRecord],
         positions: list[IntakePosition],
     ) -> tuple[RecordOutcome, int]:
-        """Record the envelopes and positions; the outcome, and how many complaint events were
-        dead-lettered instead. Those are dead-lettered (and acked) before the rest is recorded:
-        a crash in between dead-letters them again, never loses one. When a case moved on
-        between the check and the commit (CaseConflict: nothing was recorded), check again."""
-        if not any(e.type in COMPLAINT_TYPES for e in envelopes):
+        """Record the envelopes and positions; the outcome, and how many complaint and merge
+        events were dead-lettered instead. Those are dead-lettered (and acked) before the rest
+        is recorded: a crash in between dead-letters them again, never loses one. When a case
+        or a merge moved on between the check and the commit (CaseConflict, MergeConflict:
+        nothing was recorded), check again."""
+        complaints = any(e.type in COMPLAINT_TYPES for e in envelopes)
+        merges = any(e.type == CUSTOMER_MERGED for e in envelopes)
+        if not complaints and not merges:
             return self.store.record(envelopes, positions), 0  # no query more than before
         refused = 0
         for attempt in range(1, _CASE_CHECKS + 1):
-            guard = guard_complaints(envelopes, sources, self._complaint_state(envelopes), self.sla)
-            if guard.refused:
-                self._deadletter(guard.refused)
-                refused += len(guard.refused)
+            cases: CaseWrites | None = None
+            merge_writes: MergeWrites | None = None
+            if complaints:
+                guard = guard_complaints(
+                    envelopes, sources, self._complaint_state(envelopes), self.sla
+                )
+                refused += self._refuse(guard.refused)
                 envelopes, sources = _without(envelopes, sources, guard.refused_ids)
+                cases = guard.cases
+            if merges:
+                merge_guard = guard_merges(envelopes, sources, self._merge_state(envelopes))
+                refused += self._refuse(merge_guard.refused)
+                envelopes, sources = _without(envelopes, sources, merge_guard.refused_ids)
+                merge_writes = merge_guard.merges
             try:
-                return self.store.record(envelopes, positions, guard.cases), refused
+                return self.store.record(envelopes, positions, cases, merge_writes), refused
             except CaseConflict as error:
                 log.warning(
                     "event=complaint_case_conflict attempt=%d error=%r", attempt, str(error)
                 )
+            except MergeConflict as error:
+                log.warning(
+                    "event=customer_merge_conflict attempt=%d error=%r", attempt, str(error)
+                )
         raise RuntimeError(
-            f"expected the complaint cases of a batch to hold still for one of {_CASE_CHECKS} "
-            "checks, they changed under each: is another recorder writing these customers?"
+            f"expected the complaint cases and merges of a batch to hold still for one of "
+            f"{_CASE_CHECKS} checks, they changed under each: is another recorder writing these "
+            "customers?"
         )
+
+    def _refuse(self, rejected: Sequence[Rejection]) -> int:
+        """Dead-letter refused events (waiting for the acks); how many there were."""
+        if rejected:
+            self._deadletter(rejected)
+        return len(rejected)
 
     def _complaint_state(self, envelopes: Sequence[Envelope]) -> ComplaintState:
         complaints = [e for e in envelopes if e.type in COMPLAINT_TYPES]
         keys = {case_key(e) for e in complaints}
         return self.store.complaint_state([e.event_id for e in complaints], keys)
+
+    def _merge_state(self, envelopes: Sequence[Envelope]) -> MergeState:
+        merges = [e for e in envelopes if e.type == CUSTOMER_MERGED]
+        return self.store.merge_state([e.event_id for e in merges], merge_customers(merges))
 
     # ConsumerRebalanceListener: called on kafka-python's IO thread, which must not block, so
     # the seeks to the tracked positions happen on the next turn of the loop (`_resume`).
@@ -367,6 +494,9 @@ def main() -> None:
     backfilled = store.create_complaint_cases(COMPLAINT_TYPES, backfill_cases)
     if backfilled is not None:
         log.info("event=complaint_cases_created backfilled=%d", backfilled)
+    merged = store.create_customer_merges(CUSTOMER_MERGED, backfill_merges)
+    if merged is not None:
+        log.info("event=customer_merges_created backfilled=%d", merged)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap,
         group_id=settings.recorder_group,
