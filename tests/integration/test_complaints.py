@@ -193,12 +193,13 @@ def test_the_360_shows_each_open_complaint_and_the_satisfaction_indicator(
         doc = screen(stack, sent[name].customer_id)
         assert list(doc)[6:9] == ["complaints", "open_complaints", "satisfaction"]
         assert [dict(sorted(c.items())) for c in doc["open_complaints"]] == [
-            dict(sorted(c.items())) for c in open_complaints
+            dict(sorted((c | {"customer_id": sent[name].customer_id}).items()))
+            for c in open_complaints
         ], name
         assert doc["satisfaction"] == satisfaction, name
         assert doc["complaints"]["open"] == len(open_complaints), name
     keys = list(screen(stack, sent["filed"].customer_id)["open_complaints"][0])
-    assert keys == ["complaint_id", "category", "severity", "due_at", "breached"]
+    assert keys == ["complaint_id", "customer_id", "category", "severity", "due_at", "breached"]
 
 
 def test_a_transition_the_case_cannot_take_changes_nothing(
