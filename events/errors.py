@@ -11,9 +11,18 @@ ErrorCode = Literal[
     "unsupported_version",
     "size_violation",
     "invalid_transition",
+    "merge_into_self",
+    "already_merged",
+    "merge_into_merged",
+    "unknown_customer",
+    "invalid_payload",
 ]
 """`invalid_transition`: a valid complaint event its case cannot take in its recorded state (the
-recorder and POST /events check it; `projections.complaints.transition` says why)."""
+recorder and POST /events check it; `projections.complaints.transition` says why).
+
+`merge_into_self`, `already_merged`, `merge_into_merged`, `unknown_customer`, `invalid_payload`:
+a `customer.merged` event the merge rules refuse, given the merges recorded before it (the
+recorder and POST /events check it; `projections.merges` says what each rule is)."""
 
 
 class InvalidEvent(ValueError):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events.envelope import CUSTOMER_ID_PATTERN
+from events.errors import ErrorCode
 
 CUSTOMER_MERGED = "customer.merged"
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
@@ -49,9 +50,14 @@ class MergeError(Exception):
 
 
 class MergeRejected(MergeError):
-    """A `customer.merged` event that must not take effect; see the module docstring for codes."""
+    """A `customer.merged` event that must not take effect; see the module docstring for codes
+    (each one of `events.errors.ErrorCode`, the dead-letter reasons)."""
 
-    def __init__(self, code: str, customer_id: str, into_customer_id: str | None, message: str):
+    code: ErrorCode
+
+    def __init__(
+        self, code: ErrorCode, customer_id: str, into_customer_id: str | None, message: str
+    ):
         super().__init__(code, message)
         self.customer_id = customer_id
         self.into_customer_id = into_customer_id

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import groupby
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -38,7 +38,7 @@ from kafka.errors import KafkaError
 from events import topics
 from events.codec import decode
 from events.envelope import Envelope
-from events.errors import ErrorCode, InvalidEvent
+from events.errors import InvalidEvent
 from events.metadata import all_topics_metadata, exact
 from infra.eventstore import (
     CaseConflict,
@@ -184,13 +184,8 @@ invalid payload's message names its field."""
 
 def merge_rejection(record: ConsumerRecord, error: MergeRejected) -> Rejection:
     """The dead letter of a refused merge: the rule's code, and what the rule needed."""
-    code = cast(ErrorCode, error.code)  # the merge codes of projections.merges
-    return Rejection(
-        record,
-        InvalidEvent(
-            code, _MERGE_FIELDS.get(error.code, "payload.into_customer_id"), error.message
-        ),
-    )
+    field = _MERGE_FIELDS.get(error.code, "payload.into_customer_id")
+    return Rejection(record, InvalidEvent(error.code, field, error.message))
 
 
 def merge_customers(envelopes: Iterable[Envelope]) -> set[str]:
