@@ -14,8 +14,9 @@ from events.codec import encode
 from events.envelope import Envelope, new_event_id, validate_envelope
 from events.errors import ErrorCode, InvalidEvent
 from infra.eventstore import ComplaintState, MergeState
+from projections import merges
 from projections.complaints import COMPLAINT_TYPES, case_from_json, check_transitions
-from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merge, merge_of
+from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merges
 
 MAX_EVENTS = 1000
 
@@ -60,12 +61,7 @@ def has_merges(records: Sequence[Record]) -> bool:
 
 def merge_customers(records: Sequence[Record]) -> set[str]:
     """The customers the merge events of `records` are about: merged away and merged into."""
-    ids: set[str] = set()
-    for record in records:
-        if record.envelope.type == CUSTOMER_MERGED:
-            into = record.envelope.payload.get("into_customer_id")
-            ids.update([record.envelope.customer_id, *([into] if isinstance(into, str) else [])])
-    return ids
+    return merges.merge_customers(r.envelope for r in records)
 
 
 def refuse_impossible_merges(records: Sequence[Record], state: MergeState) -> None:
@@ -74,24 +70,11 @@ def refuse_impossible_merges(records: Sequence[Record], state: MergeState) -> No
     recorded events only, not by one earlier in the request: that travels on its own partition
     and may reach the recorder after the merge. An event whose id is recorded already, or
     earlier in the request, is a resend: not checked."""
-    seen = set(state.known)
-    merged_into = dict(state.merged_into)
-    errors: list[dict[str, Any]] = []
-    for index, record in enumerate(records):
-        envelope = record.envelope
-        if record.event_id in seen:
-            continue
-        seen.add(record.event_id)
-        if envelope.type == CUSTOMER_MERGED:
-            try:
-                merge = merge_of(envelope.customer_id, envelope.payload)
-                check_merge(merge, merged_into, state.customers)
-            except MergeRejected as error:
-                errors.append(_merge_error(index, error))
-                continue
-            merged_into[merge.customer_id] = merge.into_customer_id
-    if not errors:
+    envelopes = [r.envelope for r in records]
+    checked = check_merges(envelopes, state.merged_into, state.customers, recorded=state.known)
+    if not checked.refused:
         return
+    errors = [_merge_error(r.index, r.error) for r in checked.refused]
     first = errors[0]
     detail = (
         f"{len(errors)} of {len(records)} events are impossible merges; nothing was accepted "
@@ -100,17 +83,11 @@ def refuse_impossible_merges(records: Sequence[Record], state: MergeState) -> No
     raise ImpossibleMerges(detail, errors)
 
 
-_MERGE_FIELDS = {"already_merged": "customer_id", "invalid_payload": ""}
-"""The field a refused merge is about, by code (the others: payload.into_customer_id); an
-invalid payload's message names its field."""
-
-
 def _merge_error(index: int, error: MergeRejected) -> dict[str, Any]:
-    field = _MERGE_FIELDS.get(error.code, "payload.into_customer_id")
     return {
         "index": index,
         "code": error.code,
-        "field": field,
+        "field": error.field,
         "message": error.message,
         "customer_id": error.customer_id,
         "into_customer_id": error.into_customer_id,

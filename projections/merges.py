@@ -25,11 +25,11 @@ Rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from events.envelope import CUSTOMER_ID_PATTERN
+from events.envelope import CUSTOMER_ID_PATTERN, Envelope
 from events.errors import ErrorCode
 
 CUSTOMER_MERGED = "customer.merged"
@@ -61,6 +61,15 @@ class MergeRejected(MergeError):
         super().__init__(code, message)
         self.customer_id = customer_id
         self.into_customer_id = into_customer_id
+
+    @property
+    def field(self) -> str:
+        """The field of the event the refusal is about (`""` for an invalid payload: its message
+        names the field)."""
+        return _MERGE_FIELDS.get(self.code, "payload.into_customer_id")
+
+
+_MERGE_FIELDS = {"already_merged": "customer_id", "invalid_payload": ""}
 
 
 class MergeCycle(MergeError):
@@ -157,3 +166,77 @@ def merged_away(survivor_id: str, merged_into: MergedInto) -> frozenset[str]:
     return frozenset(
         merged_id for merged_id in merged_into if survivor(merged_id, merged_into) == survivor_id
     )
+
+
+# --- intake: a sequence of events checked against the merges before them -------------------
+
+
+class MergeRefusal(NamedTuple):
+    """A merge event the rules refused: its index in the events checked, and why."""
+
+    index: int
+    error: MergeRejected
+
+
+class AcceptedMerge(NamedTuple):
+    """A merge event the rules accepted: its index in the events checked, and its merge."""
+
+    index: int
+    merge: Merge
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedMerges:
+    """What `check_merges` found: the accepted merges and the refused events, each in order."""
+
+    accepted: list[AcceptedMerge]
+    refused: list[MergeRefusal]
+
+
+def check_merges(
+    envelopes: Sequence[Envelope],
+    merged_into: MergedInto,
+    known: Collection[str] | None = None,
+    *,
+    recorded: Collection[str] = frozenset(),
+    earlier_customers_known: bool = False,
+) -> CheckedMerges:
+    """Take the merge events of `envelopes` in order, each against `merged_into` (the merges
+    recorded so far) and the merges accepted before it; a refused one changes nothing. An event
+    whose id is in `recorded`, or earlier in `envelopes`, is a resend: skipped. `known`
+    (optional) holds the customers that can be merged into; with `earlier_customers_known`, so
+    does the customer of every event taken before (not refused), as when they are recorded
+    together. Other event types are not checked."""
+    merged = dict(merged_into)
+    customers = None if known is None else set(known)
+    seen = set(recorded)
+    accepted: list[AcceptedMerge] = []
+    refused: list[MergeRefusal] = []
+    for index, envelope in enumerate(envelopes):
+        if envelope.event_id in seen:
+            continue  # recorded already, or earlier in the events: dropped as a duplicate
+        seen.add(envelope.event_id)
+        if envelope.type == CUSTOMER_MERGED:
+            try:
+                merge = merge_of(envelope.customer_id, envelope.payload)
+                check_merge(merge, merged, customers)
+            except MergeRejected as error:
+                refused.append(MergeRefusal(index, error))
+                continue  # not recorded: it makes its customer known no more than it merges
+            merged[merge.customer_id] = merge.into_customer_id
+            accepted.append(AcceptedMerge(index, merge))
+        if earlier_customers_known and customers is not None:
+            customers.add(envelope.customer_id)
+    return CheckedMerges(accepted, refused)
+
+
+def merge_customers(envelopes: Iterable[Envelope]) -> set[str]:
+    """The customers the merge events of `envelopes` are about: merged away and merged into."""
+    ids: set[str] = set()
+    for e in envelopes:
+        if e.type == CUSTOMER_MERGED:
+            ids.add(e.customer_id)
+            into = e.payload.get("into_customer_id")
+            if isinstance(into, str):
+                ids.add(into)
+    return ids

@@ -65,7 +65,14 @@ from projections.complaints import (
     case_to_json,
     check_transitions,
 )
-from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merge, merge_of
+from projections.merges import (
+    CUSTOMER_MERGED,
+    MergeRejected,
+    check_merge,
+    check_merges,
+    merge_customers,
+    merge_of,
+)
 
 log = logging.getLogger("crm.recorder")
 
@@ -177,27 +184,9 @@ class MergeGuard:
     refused_ids: frozenset[str]
 
 
-_MERGE_FIELDS = {"already_merged": "customer_id", "invalid_payload": ""}
-"""The field a refused merge is about, by code (the others: payload.into_customer_id); an
-invalid payload's message names its field."""
-
-
 def merge_rejection(record: ConsumerRecord, error: MergeRejected) -> Rejection:
     """The dead letter of a refused merge: the rule's code, and what the rule needed."""
-    field = _MERGE_FIELDS.get(error.code, "payload.into_customer_id")
-    return Rejection(record, InvalidEvent(error.code, field, error.message))
-
-
-def merge_customers(envelopes: Iterable[Envelope]) -> set[str]:
-    """The customers the merge events of `envelopes` are about: merged away and merged into."""
-    ids: set[str] = set()
-    for e in envelopes:
-        if e.type == CUSTOMER_MERGED:
-            ids.add(e.customer_id)
-            into = e.payload.get("into_customer_id")
-            if isinstance(into, str):
-                ids.add(into)
-    return ids
+    return Rejection(record, InvalidEvent(error.code, error.field, error.message))
 
 
 def guard_merges(
@@ -208,32 +197,24 @@ def guard_merges(
     has a recorded event or one earlier in the batch that is recorded with it. Only an event
     the store would record counts: the first occurrence of its id, not recorded yet; a resend
     is a duplicate, not a second merge."""
-    merged_into = dict(state.merged_into)
-    known = None if state.customers is None else set(state.customers)
-    seen = set(state.known)
-    rows: list[MergeRow] = []
-    refused: list[Rejection] = []
-    refused_ids: set[str] = set()
-    unmerged: set[str] = set()
-    for envelope, record in zip(envelopes, sources, strict=True):
-        if envelope.event_id in seen:
-            continue  # recorded already, or earlier in the batch: dropped as a duplicate
-        seen.add(envelope.event_id)
-        if envelope.type == CUSTOMER_MERGED:
-            try:
-                merge = merge_of(envelope.customer_id, envelope.payload)
-                check_merge(merge, merged_into, known)
-            except MergeRejected as error:
-                refused.append(merge_rejection(record, error))
-                refused_ids.add(envelope.event_id)
-                continue  # not recorded: it makes its customer known no more than it merges
-            merged_into[merge.customer_id] = merge.into_customer_id
-            unmerged |= {merge.customer_id, merge.into_customer_id}  # as the store must find them
-            rows.append(MergeRow(merge.customer_id, merge.into_customer_id, envelope.event_id))
-        if known is not None:
-            known.add(envelope.customer_id)
-    writes = MergeWrites(CUSTOMER_MERGED, rows, frozenset(unmerged))
-    return MergeGuard(writes, refused, frozenset(refused_ids))
+    checked = check_merges(
+        envelopes,
+        state.merged_into,
+        state.customers,
+        recorded=state.known,
+        earlier_customers_known=True,
+    )
+    rows = [
+        MergeRow(m.customer_id, m.into_customer_id, envelopes[i].event_id)
+        for i, m in checked.accepted
+    ]
+    # the customers of the accepted merges, as the store must find them: not merged away
+    unmerged = frozenset(
+        c for _, m in checked.accepted for c in (m.customer_id, m.into_customer_id)
+    )
+    refused = [merge_rejection(sources[r.index], r.error) for r in checked.refused]
+    refused_ids = frozenset(envelopes[r.index].event_id for r in checked.refused)
+    return MergeGuard(MergeWrites(CUSTOMER_MERGED, rows, unmerged), refused, refused_ids)
 
 
 def backfill_merges(stored: Iterator[tuple[int, Envelope]]) -> Iterator[MergeRow]:
