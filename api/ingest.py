@@ -13,7 +13,8 @@ import orjson
 from events.codec import encode
 from events.envelope import Envelope, new_event_id, validate_envelope
 from events.errors import ErrorCode, InvalidEvent
-from infra.eventstore import ComplaintState, MergeState
+from infra.case_ledger import ComplaintState
+from infra.merge_ledger import MergeState
 from projections import merges
 from projections.complaints import COMPLAINT_TYPES, case_from_json, check_transitions
 from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merges

@@ -7,15 +7,17 @@ transaction as its events, per incarnation of the topic (its topic id), and the 
 it when it gets a partition. Kafka's committed offsets are only a hint; duplicates that slip
 through (a producer's resend, a broker restarted empty) are dropped by event id.
 
-Complaint cases: the state of every case is kept in crm_complaint_cases, written in the
-transaction of the events that changed it. A batch's new complaint events are checked in stream
-order against those states; the refused ones are dead-lettered (code invalid_transition) and
-acknowledged before the rest is recorded, so a crash in between only dead-letters them again.
+Complaint cases: the state of every case is kept in crm_complaint_cases (infra/case_ledger.py),
+written in the transaction of the events that changed it. A batch's new complaint events are
+checked in stream order against those states; the refused ones are dead-lettered (code
+invalid_transition) and acknowledged before the rest is recorded, so a crash in between only
+dead-letters them again.
 
-Customer merges: every accepted merge is kept in crm_customer_merges, written in the transaction
-of its event. A batch's new customer.merged events are checked in order against the merges
-recorded and those before them in the batch (projections.merges); the refused ones are
-dead-lettered the same way, with the rule's code (merge_into_self, already_merged, ...).
+Customer merges: every accepted merge is kept in crm_customer_merges (infra/merge_ledger.py),
+written in the transaction of its event. A batch's new customer.merged events are checked in
+order against the merges recorded and those before them in the batch (projections.merges); the
+refused ones are dead-lettered the same way, with the rule's code (merge_into_self,
+already_merged, ...). Both checks are in services/intake_guards.py.
 
 Run it with `python -m services.recorder` (the `crm up` supervisor does).
 """
@@ -25,10 +27,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from itertools import groupby
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -40,54 +40,29 @@ from events.codec import decode
 from events.envelope import Envelope
 from events.errors import InvalidEvent
 from events.metadata import all_topics_metadata, exact
-from infra.eventstore import (
-    CaseConflict,
-    CaseKey,
-    CaseWrite,
-    CaseWrites,
-    ComplaintState,
-    EventStore,
-    IntakePosition,
-    MergeConflict,
-    MergeRow,
-    MergeState,
-    MergeWrites,
-    RecordOutcome,
-)
+from infra.case_ledger import CaseConflict, CaseWrites, ComplaintState
+from infra.eventstore import EventStore, IntakePosition, RecordOutcome
 from infra.logs import configure_logging
+from infra.merge_ledger import MergeConflict, MergeState, MergeWrites
 from infra.settings import Settings
-from projections.complaints import (
-    COMPLAINT_TYPES,
-    ComplaintCase,
-    SlaPolicy,
-    case_from_json,
-    case_key,
-    case_to_json,
-    check_transitions,
-)
-from projections.merges import (
-    CUSTOMER_MERGED,
-    MergeRejected,
-    check_merge,
-    check_merges,
-    merge_customers,
-    merge_of,
+from projections.complaints import COMPLAINT_TYPES, SlaPolicy, case_key
+from projections.merges import CUSTOMER_MERGED, merge_customers
+from services.intake_guards import (
+    DEFAULT_SLA,
+    Rejection,
+    backfill_cases,
+    backfill_merges,
+    guard_complaints,
+    guard_merges,
 )
 
 log = logging.getLogger("crm.recorder")
 
 _RETRY_SECONDS = 1.0
 _DEADLETTER_ACK_TIMEOUT = 30.0
-DEFAULT_SLA = SlaPolicy()
 _CASE_CHECKS = 5
 """Checks of one batch against the complaint cases and merges before giving up (loudly) on
 conflicts."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    record: ConsumerRecord
-    error: InvalidEvent
 
 
 class Triaged(NamedTuple):
@@ -109,132 +84,6 @@ def triage(records: Iterable[ConsumerRecord], max_event_bytes: int) -> Triaged:
         else:
             triaged.sources.append(record)
     return triaged
-
-
-@dataclass(frozen=True, slots=True)
-class ComplaintGuard:
-    """A batch's new complaint events checked against their cases: the case writes of the ones
-    their case can take, the rejections of the others and their event ids."""
-
-    cases: CaseWrites
-    refused: list[Rejection]
-    refused_ids: frozenset[str]
-
-
-def case_state(case: ComplaintCase) -> dict[str, Any]:
-    """The write-side state of a case: what the rules need, without the history (the
-    complaints read model keeps that)."""
-    return case_to_json(replace(case, history=()))
-
-
-def guard_complaints(
-    envelopes: Sequence[Envelope],
-    sources: Sequence[ConsumerRecord],
-    state: ComplaintState,
-    policy: SlaPolicy = DEFAULT_SLA,
-) -> ComplaintGuard:
-    """Check the new complaint events of a batch in order (events within the batch build on
-    each other) against the recorded `state`. Only an event the store would record counts: the
-    first occurrence of its event id, not recorded yet; a resend is a duplicate, not a
-    transition."""
-    first: dict[str, int] = {}
-    for index, envelope in enumerate(envelopes):
-        first.setdefault(envelope.event_id, index)
-    fresh = [
-        i
-        for i, e in enumerate(envelopes)
-        if e.type in COMPLAINT_TYPES and first[e.event_id] == i and e.event_id not in state.known
-    ]
-    cases = {key: case_from_json(stored.state) for key, stored in state.cases.items()}
-    checked = check_transitions(cases, [envelopes[i] for i in fresh], policy)
-    refused = [
-        Rejection(
-            sources[fresh[r.index]],
-            InvalidEvent("invalid_transition", r.error.field, r.error.message),
-        )
-        for r in checked.refused
-    ]
-    writes = [
-        CaseWrite(key[0], key[1], _revision(state, key), case_state(case), checked.applied[key])
-        for key, case in checked.cases.items()
-    ]
-    refused_ids = frozenset(envelopes[fresh[r.index]].event_id for r in checked.refused)
-    return ComplaintGuard(CaseWrites(COMPLAINT_TYPES, writes), refused, refused_ids)
-
-
-def backfill_cases(
-    envelopes: Iterator[Envelope], policy: SlaPolicy = DEFAULT_SLA
-) -> Iterator[CaseWrite]:
-    """The case rows of complaint events already stored (by customer, in version order). One
-    its case could not take (recorded before the rule existed) changes nothing, as in the
-    complaints read model."""
-    for _, events in groupby(envelopes, key=lambda e: e.customer_id):
-        checked = check_transitions({}, list(events), policy)
-        for key, case in checked.cases.items():
-            yield CaseWrite(key[0], key[1], 0, case_state(case), checked.applied[key])
-
-
-@dataclass(frozen=True, slots=True)
-class MergeGuard:
-    """A batch's new merge events checked against the merges before them: the rows of the
-    accepted ones, the rejections of the others and their event ids."""
-
-    merges: MergeWrites
-    refused: list[Rejection]
-    refused_ids: frozenset[str]
-
-
-def merge_rejection(record: ConsumerRecord, error: MergeRejected) -> Rejection:
-    """The dead letter of a refused merge: the rule's code, and what the rule needed."""
-    return Rejection(record, InvalidEvent(error.code, error.field, error.message))
-
-
-def guard_merges(
-    envelopes: Sequence[Envelope], sources: Sequence[ConsumerRecord], state: MergeState
-) -> MergeGuard:
-    """Check the new merge events of a batch in order, each against the recorded merges and
-    those accepted before it in the batch; a customer is known (can be merged into) when it
-    has a recorded event or one earlier in the batch that is recorded with it. Only an event
-    the store would record counts: the first occurrence of its id, not recorded yet; a resend
-    is a duplicate, not a second merge."""
-    checked = check_merges(
-        envelopes,
-        state.merged_into,
-        state.customers,
-        recorded=state.known,
-        earlier_customers_known=True,
-    )
-    rows = [
-        MergeRow(m.customer_id, m.into_customer_id, envelopes[i].event_id)
-        for i, m in checked.accepted
-    ]
-    # the customers of the accepted merges, as the store must find them: not merged away
-    unmerged = frozenset(
-        c for _, m in checked.accepted for c in (m.customer_id, m.into_customer_id)
-    )
-    refused = [merge_rejection(sources[r.index], r.error) for r in checked.refused]
-    refused_ids = frozenset(envelopes[r.index].event_id for r in checked.refused)
-    return MergeGuard(MergeWrites(CUSTOMER_MERGED, rows, unmerged), refused, refused_ids)
-
-
-def backfill_merges(stored: Iterator[tuple[int, Envelope]]) -> Iterator[MergeRow]:
-    """The merge rows of merge events already stored (in position order). One the rules refuse
-    (recorded before they existed) merges nothing. Whether the customer merged into existed is
-    not checked: the store's events of that time are not at hand."""
-    merged_into: dict[str, str] = {}
-    for position, envelope in stored:
-        try:
-            merge = merge_of(envelope.customer_id, envelope.payload)
-            check_merge(merge, merged_into)
-        except MergeRejected:
-            continue
-        merged_into[merge.customer_id] = merge.into_customer_id
-        yield MergeRow(merge.customer_id, merge.into_customer_id, envelope.event_id, position)
-
-
-def _revision(state: ComplaintState, key: CaseKey) -> int:
-    stored = state.cases.get(key)
-    return 0 if stored is None else stored.revision
 
 
 def deadletter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:

@@ -21,11 +21,13 @@ from api.app import create_app
 from events import topics
 from events.codec import decode
 from infra.broker import EmbeddedBroker
-from infra.eventstore import CaseConflict, CaseWrite, CaseWrites, ComplaintState, EventStore
+from infra.case_ledger import CaseConflict, CaseWrite, CaseWrites, ComplaintState
+from infra.eventstore import EventStore
 from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from projections.complaints import COMPLAINT_TYPES
-from services.recorder import Recorder, backfill_cases
+from services.intake_guards import backfill_cases
+from services.recorder import Recorder
 from tests.conftest import new_database
 from tests.integration.helpers import (
     Service,

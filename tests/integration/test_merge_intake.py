@@ -24,19 +24,15 @@ from api.app import create_app
 from events import topics
 from events.codec import decode
 from infra.broker import EmbeddedBroker
-from infra.eventstore import (
-    COMPLAINT_CASES_TABLE,
-    EventStore,
-    MergeConflict,
-    MergeRow,
-    MergeState,
-    MergeWrites,
-)
+from infra.case_ledger import COMPLAINT_CASES_TABLE
+from infra.eventstore import EventStore
+from infra.merge_ledger import MergeConflict, MergeRow, MergeState, MergeWrites
 from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from projections.complaints import COMPLAINT_TYPES
 from projections.merges import CUSTOMER_MERGED
-from services.recorder import Recorder, backfill_cases, backfill_merges
+from services.intake_guards import backfill_cases, backfill_merges
+from services.recorder import Recorder
 from tests.conftest import new_database
 from tests.integration.helpers import (
     Service,

@@ -13,14 +13,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from api.ingest import ImpossibleTransitions, Record, refuse_impossible_transitions
 from events.codec import encode
 from events.envelope import Envelope, validate_envelope
-from infra.eventstore import ComplaintState, StoredCase
+from infra.case_ledger import ComplaintState, StoredCase
 from projections.complaints import case_from_json, case_key, check_transitions, transition
-from services.recorder import (
-    backfill_cases,
-    case_state,
-    deadletter_headers,
-    guard_complaints,
-)
+from services.intake_guards import backfill_cases, case_state, guard_complaints
+from services.recorder import deadletter_headers
 from tests.unit.examples import envelope
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -16,25 +16,21 @@ from kafka.consumer.fetcher import ConsumerRecord
 from api.ingest import ImpossibleMerges, Record, refuse_impossible_merges
 from events.codec import encode
 from events.envelope import Envelope, validate_envelope
-from infra.eventstore import MergeRow, MergeState
+from infra.merge_ledger import MergeRow, MergeState
 from projections.merges import (
     Merge,
     MergeCycle,
     MergeError,
     MergeRejected,
     check_merge,
+    merge_customers,
     merge_of,
     merged_away,
     survivor,
     with_merge,
 )
-from services.recorder import (
-    MergeGuard,
-    backfill_merges,
-    deadletter_headers,
-    guard_merges,
-    merge_customers,
-)
+from services.intake_guards import MergeGuard, backfill_merges, guard_merges
+from services.recorder import deadletter_headers
 from tests.unit.examples import envelope
 
 # --- the payload ---------------------------------------------------------------------------
