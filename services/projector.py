@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import mode.loop
 import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from psycopg import AsyncConnection
@@ -368,6 +369,8 @@ async def replay(settings: Settings, names: Iterable[str]) -> int:
 def main(argv: Sequence[str] = sys.argv[1:]) -> None:
     """`python -m services.projector` runs the faust worker; `... replay NAME...` rebuilds."""
     settings = Settings()
+    if sys.platform != "win32":  # uvloop: about a tenth less CPU per event than asyncio's loop
+        mode.loop.use("uvloop")
     if argv and argv[0] == "replay":
         configure_logging("replay")
         known = [*VIEWS, *EVENT_TABLES, *EVENT_INDEXES]
