@@ -9,9 +9,8 @@ infra/merge_ledger.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -19,14 +18,8 @@ from events.envelope import Envelope
 from events.errors import InvalidEvent
 from infra.case_ledger import CaseKey, CaseWrite, CaseWrites, ComplaintState
 from infra.merge_ledger import MergeRow, MergeState, MergeWrites
-from projections.complaints import (
-    COMPLAINT_TYPES,
-    ComplaintCase,
-    SlaPolicy,
-    case_from_json,
-    case_to_json,
-    check_transitions,
-)
+from projections.complaint_cases import case_state
+from projections.complaints import COMPLAINT_TYPES, SlaPolicy, case_from_json, check_transitions
 from projections.merges import CUSTOMER_MERGED, MergeRejected, check_merge, check_merges, merge_of
 
 DEFAULT_SLA = SlaPolicy()
@@ -48,12 +41,6 @@ class ComplaintGuard:
     cases: CaseWrites
     refused: list[Rejection]
     refused_ids: frozenset[str]
-
-
-def case_state(case: ComplaintCase) -> dict[str, Any]:
-    """The write-side state of a case: what the rules need, without the history (the
-    complaints read model keeps that)."""
-    return case_to_json(replace(case, history=()))
 
 
 def guard_complaints(

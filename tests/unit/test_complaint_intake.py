@@ -14,8 +14,9 @@ from api.ingest import ImpossibleTransitions, Record, refuse_impossible_transiti
 from events.codec import encode
 from events.envelope import Envelope, validate_envelope
 from infra.case_ledger import ComplaintState, StoredCase
+from projections.complaint_cases import case_state
 from projections.complaints import case_from_json, case_key, check_transitions, transition
-from services.intake_guards import backfill_cases, case_state, guard_complaints
+from services.intake_guards import backfill_cases, guard_complaints
 from services.recorder import deadletter_headers
 from tests.unit.examples import envelope
 

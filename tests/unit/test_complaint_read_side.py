@@ -14,6 +14,7 @@ import pytest
 
 from events.envelope import validate_envelope
 from projections.alerts import COMPLAINT_KINDS, KINDS
+from projections.complaint_cases import COMPLAINT_CASES, case_rows
 from projections.complaint_signals import (
     ProductComplaint,
     new_filings,
@@ -21,13 +22,11 @@ from projections.complaint_signals import (
     satisfaction_of,
 )
 from projections.complaints import (
-    COMPLAINT_CASES,
     COMPLAINT_TYPES,
     ComplaintCase,
     CustomerComplaints,
     apply,
     apply_own,
-    case_rows,
     complaints_view,
     from_json,
     late_episodes,
