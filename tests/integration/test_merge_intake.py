@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,101 +16,49 @@ import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
+from kafka import KafkaProducer
 
-from api.app import create_app
 from events import topics
 from events.codec import decode
 from infra.broker import EmbeddedBroker
 from infra.case_ledger import COMPLAINT_CASES_TABLE
 from infra.eventstore import EventStore
 from infra.merge_ledger import MergeConflict, MergeRow, MergeState, MergeWrites
-from infra.postgres import EmbeddedPostgres
-from infra.settings import Settings
-from projections.complaints import COMPLAINT_TYPES
 from projections.merges import CUSTOMER_MERGED
-from services.intake_guards import backfill_cases, backfill_merges
-from services.recorder import Recorder
-from tests.conftest import new_database
+from services.intake_guards import backfill_merges
 from tests.integration.helpers import (
     Service,
     end_offsets,
     pipeline_env,
     query,
     recorded_ids,
-    running,
     wait_until,
 )
-from tests.unit.examples import envelope
+from tests.integration.intake import (
+    Message,
+    batch,
+    call,
+    deadletters,
+    event,
+    ids,
+    in_process,
+    nothing_produced,
+    send,
+    stream_ids,
+    wait_recorded,
+)
 
 pytestmark = pytest.mark.integration
-
-Message = dict[str, Any]
-DeadLetter = tuple[bytes | None, bytes, dict[str, bytes]]
 
 
 # --- events -------------------------------------------------------------------------------------
 
 
-def _event(type_: str, customer: str, **payload: Any) -> Message:
-    return envelope(type_, payload, event_id=str(uuid.uuid4()), customer_id=customer)
-
-
 def merged(customer: str, into: str) -> Message:
-    return _event("customer.merged", customer, into_customer_id=into)
-
-
-def call(customer: str) -> Message:
-    return _event("call.logged", customer, direction="inbound", duration_seconds=5)
-
-
-def ids(messages: list[Message]) -> list[str]:
-    return [str(m["event_id"]) for m in messages]
+    return event("customer.merged", customer, into_customer_id=into)
 
 
 # --- broker and database ------------------------------------------------------------------------
-
-
-def send(producer: KafkaProducer, messages: list[Message]) -> None:
-    for message in messages:
-        key = str(message["customer_id"]).encode()
-        producer.send(topics.TOUCHPOINTS, key=key, value=orjson.dumps(message))
-    producer.flush()
-
-
-def deadletters(
-    bootstrap: str,
-    since: dict[TopicPartition, int],
-    prefix: str,
-    expected: int,
-    settle: float = 1.0,
-) -> list[DeadLetter]:
-    """The dead letters of customers starting with `prefix` after the `since` offsets (the
-    embedded broker reports end offsets too low: filtered by key), waiting for `expected` of
-    them (30 s at most), then `settle` s more for any extra one."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    consumer.assign(list(since))
-    for tp, offset in since.items():
-        consumer.seek(tp, offset)
-    found: list[DeadLetter] = []
-    deadline, quiet_until = time.monotonic() + 30, None
-    try:
-        while time.monotonic() < (quiet_until or deadline):
-            for batch in consumer.poll(timeout_ms=200).values():
-                found.extend((r.key, r.value, dict(r.headers)) for r in batch
-                             if (r.key or b"").startswith(prefix.encode()))  # fmt: skip
-            if quiet_until is None and len(found) >= expected:
-                quiet_until = time.monotonic() + settle
-    finally:
-        consumer.close()
-    return found
-
-
-def stream_ids(dsn: str, customer: str) -> list[str]:
-    rows = query(dsn, "SELECT state FROM crm_events WHERE originator_id = %s "
-                 "ORDER BY originator_version", (customer,))  # fmt: skip
-    return [orjson.loads(bytes(state))["event_id"] for (state,) in rows]  # type: ignore[arg-type]
 
 
 def merge_rows(dsn: str, prefix: str) -> set[tuple[str, str]]:
@@ -132,37 +79,6 @@ def positions_agree(dsn: str, prefix: str) -> bool:
 @pytest.fixture
 def prefix() -> str:
     return f"m{uuid.uuid4().hex[:8]}-"
-
-
-@pytest.fixture(scope="module")
-def database(postgres: EmbeddedPostgres) -> Iterator[str]:
-    with new_database(postgres) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def recorder(
-    broker: EmbeddedBroker, database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    """One recorder process for the module, its merge table created."""
-    log_file = tmp_path_factory.mktemp("recorder") / "recorder.log"
-    with running("services.recorder", pipeline_env(broker.bootstrap, database), log_file) as rec:
-        exists = "SELECT 1 FROM pg_tables WHERE tablename = 'crm_customer_merges'"
-        wait_until(lambda: bool(query(database, exists)), timeout=30, what="the merge table",
-                   log=rec.log)  # fmt: skip
-        yield rec
-
-
-@pytest.fixture(scope="module")
-def producer(broker: EmbeddedBroker) -> Iterator[KafkaProducer]:
-    kafka_producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
-    yield kafka_producer
-    kafka_producer.close()
-
-
-def wait_recorded(dsn: str, prefix: str, count: int, recorder: Service) -> None:
-    wait_until(lambda: len(recorded_ids(dsn, prefix)) == count, timeout=60,
-               what=f"{count} recorded", log=recorder.log)  # fmt: skip
 
 
 # --- the recorder process -----------------------------------------------------------------------
@@ -277,27 +193,6 @@ def test_events_on_a_merged_away_stream_are_recorded_as_usual(
 
 
 # --- one exact batch, in process --------------------------------------------------------------
-
-
-@pytest.fixture
-def store(fresh_database: str) -> Iterator[EventStore]:
-    event_store = EventStore(fresh_database)
-    event_store.create_tables()
-    yield event_store
-    event_store.close()
-
-
-def in_process(store: EventStore, producer: KafkaProducer) -> Recorder:
-    """A recorder without a consumer: `process` is given its batches."""
-    store.create_complaint_cases(COMPLAINT_TYPES, backfill_cases)
-    store.create_customer_merges(CUSTOMER_MERGED, backfill_merges)
-    return Recorder(None, producer, store, max_event_bytes=65536, batch_size=2000)  # type: ignore[arg-type]
-
-
-def batch(messages: list[Message], first_offset: int = 0) -> list[ConsumerRecord]:
-    return [ConsumerRecord(topics.TOUCHPOINTS, 0, None, first_offset + i, 0, 0,
-                           str(m["customer_id"]).encode(), orjson.dumps(m), [], None, 0, 0, 0)
-            for i, m in enumerate(messages)]  # fmt: skip
 
 
 def test_merges_within_one_batch_build_on_each_other(
@@ -482,24 +377,6 @@ def test_a_kill_9_at_any_moment_loses_no_event_and_records_no_merge_twice(
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(broker: EmbeddedBroker, database: str, recorder: Service) -> Iterator[TestClient]:
-    settings = Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, DATABASE_URL=database)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-def nothing_produced(bootstrap: str) -> Callable[[], None]:
-    """A check, to call after the request, that crm.touchpoints got no record meanwhile."""
-    before = end_offsets(bootstrap, topics.TOUCHPOINTS)
-
-    def check() -> None:
-        time.sleep(0.5)
-        assert end_offsets(bootstrap, topics.TOUCHPOINTS) == before
-
-    return check
 
 
 @pytest.fixture(scope="module")
