@@ -606,16 +606,17 @@ class _Watch:
 
 
 class KeepAliveGet:
-    """GET /customers/{id} over one keep-alive HTTP/1.1 connection, on asyncio streams: httpx
-    costs about 1 ms of CPU a request, which on 2 cores would slow down what is measured."""
+    """GETs over one keep-alive HTTP/1.1 connection, on asyncio streams: httpx costs about 1 ms
+    of CPU a request, which on 2 cores would slow down what is measured."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def version(self, customer: str) -> int | None:
-        """The customer's version in the 360 view, None if not there (yet) or on an error."""
-        request = f"GET /customers/{customer} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+    async def get(self, path: str) -> tuple[bytes, bytes] | None:
+        """(status code, body) of GET `path`; None on a connection error (closed: the next GET
+        opens a new connection)."""
+        request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
         try:
             if self._streams is None:
                 self._streams = await asyncio.open_connection(self.host, self.port)
@@ -629,9 +630,14 @@ class KeepAliveGet:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             self.close()
             return None
-        if head.split(b" ", 2)[1] != b"200":
+        return head.split(b" ", 2)[1], body
+
+    async def version(self, customer: str) -> int | None:
+        """The customer's version in the 360 view, None if not there (yet) or on an error."""
+        answer = await self.get(f"/customers/{customer}")
+        if answer is None or answer[0] != b"200":
             return None
-        version: int = orjson.loads(body)["version"]
+        version: int = orjson.loads(answer[1])["version"]
         return version
 
     def close(self) -> None:
@@ -835,18 +841,23 @@ def run_steady(
 
 
 async def get_load(
-    client: httpx.AsyncClient, customers: Sequence[str], suffix: str, rate: float, seconds: float
+    api_url: str, customers: Sequence[str], suffix: str, rate: float, seconds: float
 ) -> tuple[list[float], int, float]:
-    """Phase 4: open-loop GETs of /customers/{id}{suffix} at `rate`; latency from each
-    request's scheduled time."""
+    """Phase 4: open-loop GETs of /customers/{id}{suffix} at `rate`, over HTTP_CONNECTIONS
+    keep-alive connections (KeepAliveGet: the load costs the machine little of its own);
+    latency from each request's scheduled time, waiting for a free connection included."""
+    address = httpx.URL(api_url)
+    free: asyncio.Queue[KeepAliveGet] = asyncio.Queue()
+    for _ in range(HTTP_CONNECTIONS):
+        free.put_nowait(KeepAliveGet(address.host, address.port or 80))
 
     async def one(customer: str, scheduled: float) -> tuple[float, bool]:
+        connection = await free.get()
         try:
-            response = await client.get(f"/customers/{customer}{suffix}")
-            ok = response.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        return time.perf_counter() - scheduled, ok
+            answer = await connection.get(f"/customers/{customer}{suffix}")
+        finally:
+            free.put_nowait(connection)
+        return time.perf_counter() - scheduled, answer is not None and answer[0] == b"200"
 
     total = int(rate * seconds)
     tasks = []
@@ -859,6 +870,8 @@ async def get_load(
         tasks.append(asyncio.create_task(one(customer, scheduled)))
     outcomes = await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
+    while not free.empty():
+        free.get_nowait().close()
     latencies = sorted(lat * 1000 for lat, ok in outcomes if ok)
     return latencies, sum(1 for _, ok in outcomes if not ok), total / elapsed
 
@@ -1114,7 +1127,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         known = sorted(counts)
         picks = [rng.choice(known) for _ in range(int(args.get_rate * args.get_seconds))]
         results.get_ms, results.get_errors, results.get_rate = runner.run(
-            get_load(client, picks, "", args.get_rate, args.get_seconds), args.get_seconds + 60
+            get_load(stack.api_url, picks, "", args.get_rate, args.get_seconds),
+            args.get_seconds + 60,
         )
         log(f"phase 4b: GET balance at {args.get_rate:,.0f} req/s for {args.get_seconds:.0f} s")
         picks = [rng.choice(known) for _ in range(int(args.get_rate * args.get_seconds))]
