@@ -1133,7 +1133,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         log(f"phase 4b: GET balance at {args.get_rate:,.0f} req/s for {args.get_seconds:.0f} s")
         picks = [rng.choice(known) for _ in range(int(args.get_rate * args.get_seconds))]
         results.balance_ms, results.balance_errors, results.balance_rate = runner.run(
-            get_load(client, picks, "/balance", args.get_rate, args.get_seconds),
+            get_load(stack.api_url, picks, "/balance", args.get_rate, args.get_seconds),
             args.get_seconds + 60,
         )
         stack.check()
