@@ -24,20 +24,11 @@ from projections.balance import from_json as balance_from_json
 from projections.complaints import CASES_TABLE
 from projections.customer_360 import CUSTOMER_360, public_document
 from projections.desertion import DESERTION_TABLE, churn_risk
-from projections.merge_index import MAX_CHAIN, MERGES_TABLE
+from projections.merge_index import LINKS_CTE, LINKS_SQL, SURVIVOR
 from projections.offer_view import CUTS_JSON_SQL, OFFERS, PAIRS_SQL, offers_of, owned_skus
 from projections.offer_view import from_json as offer_from_json
 from projections.offers import MIN_SUPPORT
 
-_LINKS = (
-    "WITH RECURSIVE up(id, depth) AS (SELECT %(customer_id)s::text, 0 UNION ALL "
-    f"SELECT m.into_customer_id, up.depth + 1 FROM up JOIN {MERGES_TABLE} m "
-    f"ON m.customer_id = up.id WHERE up.depth < {MAX_CHAIN}), "
-    "down(id, depth) AS (SELECT %(customer_id)s::text, 0 UNION ALL "
-    f"SELECT m.customer_id, down.depth + 1 FROM down JOIN {MERGES_TABLE} m "
-    f"ON m.into_customer_id = down.id WHERE down.depth < {MAX_CHAIN}) "
-)
-_SURVIVOR = "(SELECT id FROM up ORDER BY depth DESC LIMIT 1)"
 _NO_LINKS = "WITH down(id) AS (SELECT %(customer_id)s::text) "
 _BASE_SQL = (
     "{links}SELECT {survivor}, c.customer_id, c.doc::text, b.doc::text, d.verdict::text, "
@@ -69,7 +60,7 @@ _DOCUMENT_QUERIES = tuple(
         links=links, survivor=survivor, cases=cases, offers=offers_sql, offers_join=join
     )
     for links, survivor, cases, offers_sql, join in (
-        (_LINKS, _SURVIVOR, _COMPLAINTS_SQL, _OFFERS_SQL, _OFFERS_JOIN),
+        (LINKS_CTE, SURVIVOR, _COMPLAINTS_SQL, _OFFERS_SQL, _OFFERS_JOIN),
         (_NO_LINKS, "%(customer_id)s", _COMPLAINTS_SQL, ", NULL, NULL", ""),
         (_NO_LINKS, "%(customer_id)s", ", NULL, NULL", ", NULL, NULL", ""),
     )
@@ -126,10 +117,9 @@ def _combined_360(rows: list[Any]) -> dict[str, Any]:
 async def merge_links(pool: AsyncConnectionPool[Any], customer_id: str) -> tuple[str, list[str]]:
     """The survivor of `customer_id` (itself when never merged away) and the customers merged
     into it (sorted); (itself, []) before the projector created the merge index."""
-    query = _LINKS + f"SELECT {_SURVIVOR}, ARRAY(SELECT id FROM down WHERE depth > 0 ORDER BY id)"
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(query, {"customer_id": customer_id})
+            cursor = await conn.execute(LINKS_SQL, {"customer_id": customer_id})
             row = await cursor.fetchone()
     except UndefinedTable:
         return customer_id, []

@@ -8,7 +8,7 @@ customer), so a replay, a redelivery or two projectors give the same rows.
 Merges are resolved when read, not when written: every read model keeps folding each
 customer's own events under its own id (events recorded later for a merged id included), and
 the API combines the rows of a survivor and of every customer merged into it, directly or
-through a chain (`LINKS_SQL`). Writes stay partition-local (a customer's events are on one
+through a chain (`LINKS_CTE`). Writes stay partition-local (a customer's events are on one
 partition, a survivor's may be on another), and a rebuild from the event store gives the same
 result because nothing depends on the order the merges and the other events were applied in.
 """
@@ -39,32 +39,20 @@ SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::
 ON CONFLICT (customer_id) DO NOTHING
 """
 
-_UP = (
-    "up(id, depth) AS (SELECT %(customer_id)s::text, 0 UNION ALL "
+LINKS_CTE = (
+    "WITH RECURSIVE up(id, depth) AS (SELECT %(customer_id)s::text, 0 UNION ALL "
     f"SELECT m.into_customer_id, up.depth + 1 FROM up JOIN {MERGES_TABLE} m "
-    f"ON m.customer_id = up.id WHERE up.depth < {MAX_CHAIN})"
-)
-_DOWN = (
+    f"ON m.customer_id = up.id WHERE up.depth < {MAX_CHAIN}), "
     "down(id, depth) AS (SELECT %(customer_id)s::text, 0 UNION ALL "
     f"SELECT m.customer_id, down.depth + 1 FROM down JOIN {MERGES_TABLE} m "
-    f"ON m.into_customer_id = down.id WHERE down.depth < {MAX_CHAIN})"
+    f"ON m.into_customer_id = down.id WHERE down.depth < {MAX_CHAIN}) "
 )
-LINKS_SQL = (
-    f"WITH RECURSIVE {_UP}, {_DOWN} "
-    "SELECT (SELECT id FROM up ORDER BY depth DESC LIMIT 1), "
-    "ARRAY(SELECT id FROM down WHERE depth > 0 ORDER BY id)"
-)
-"""For `customer_id`: its survivor (itself when never merged away) and the customers merged
-into it, directly or through a chain (sorted). Two walks of the index."""
-
-SURVIVORS_SQL = (
-    "WITH RECURSIVE up(start, id, depth) AS ("
-    "SELECT s, s, 0 FROM unnest(%(customer_ids)s::text[]) AS s UNION ALL "
-    f"SELECT up.start, m.into_customer_id, up.depth + 1 FROM up JOIN {MERGES_TABLE} m "
-    f"ON m.customer_id = up.id WHERE up.depth < {MAX_CHAIN}) "
-    "SELECT DISTINCT ON (start) start, id FROM up ORDER BY start, depth DESC"
-)
-"""(customer_id, survivor) for each of `customer_ids`."""
+"""The two walks of the index from `customer_id`, for a query to follow: `up` to its survivor,
+`down` to itself and every customer merged into it, directly or through a chain."""
+SURVIVOR = "(SELECT id FROM up ORDER BY depth DESC LIMIT 1)"
+"""After LINKS_CTE: the survivor (the customer itself when never merged away)."""
+LINKS_SQL = LINKS_CTE + f"SELECT {SURVIVOR}, ARRAY(SELECT id FROM down WHERE depth > 0 ORDER BY id)"
+"""The survivor and the customers merged into it (sorted)."""
 
 
 def merge_rows(events: Sequence[RecordedEvent]) -> list[tuple[Any, ...]]:
