@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
     recorder_batch_size: int = Field(default=2000, ge=1)
     recorder_group: str = "crm-recorder"
+    # A merge into a customer not recorded yet waits this long for the customer's first event
+    # (on another partition, maybe read less far) before it is refused as unknown_customer.
+    merge_wait_seconds: float = Field(default=10.0, ge=0)
     projector_group: str = "crm-projector"
     # Customers whose folded views the projector keeps in memory, per read model.
     projector_cache_size: int = Field(default=100_000, ge=0)

@@ -17,7 +17,9 @@ Customer merges: every accepted merge is kept in crm_customer_merges (infra/merg
 written in the transaction of its event. A batch's new customer.merged events are checked in
 order against the merges recorded and those before them in the batch (projections.merges); the
 refused ones are dead-lettered the same way, with the rule's code (merge_into_self,
-already_merged, ...). Both checks are in services/intake_guards.py.
+already_merged, ...). Both checks are in services/intake_guards.py. A merge into a customer not
+recorded yet waits a few seconds for it (its first event may be on a partition read less far):
+services/merge_hold.py.
 
 Run it with `python -m services.recorder` (the `crm up` supervisor does).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -55,12 +58,16 @@ from services.intake_guards import (
     guard_complaints,
     guard_merges,
 )
+from services.merge_hold import MergeHold
 
 log = logging.getLogger("crm.recorder")
 
 _RETRY_SECONDS = 1.0
 _DEADLETTER_ACK_TIMEOUT = 30.0
 _CASE_CHECKS = 5
+_MERGE_RECHECK_SECONDS = 0.25
+"""How long a partition held at a merge is not read before its merge is checked again. (Not
+paused: kafka-python 3.0.12 can leave a paused partition unfetched after it is resumed.)"""
 """Checks of one batch against the complaint cases and merges before giving up (loudly) on
 conflicts."""
 
@@ -111,6 +118,7 @@ class Recorder(ConsumerRebalanceListener):
         max_event_bytes: int,
         batch_size: int,
         sla: SlaPolicy = DEFAULT_SLA,
+        merge_wait: float = 0.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -118,6 +126,9 @@ class Recorder(ConsumerRebalanceListener):
         self.max_event_bytes = max_event_bytes
         self.batch_size = batch_size
         self.sla = sla
+        self.merge_hold = MergeHold(merge_wait)
+        # partition held at a merge → the merge's offset, and when to check it again
+        self._held: dict[TopicPartition, tuple[int, float]] = {}
         # Next offset to read per partition, with the topic id it belongs to.
         self._next: dict[TopicPartition, tuple[str | None, int]] = {}
         self._assigned: set[TopicPartition] = set()
@@ -127,21 +138,30 @@ class Recorder(ConsumerRebalanceListener):
         self.consumer.subscribe(pattern=exact(topics.TOUCHPOINTS), listener=self)
         log.info("event=started topic=%s", topics.TOUCHPOINTS)
         while not stop.is_set():
-            polled = self.consumer.poll(timeout_ms=200, max_records=self.batch_size)
-            self._resume(polled)
-            records = [r for batch in polled.values() for r in batch]
-            if records:
-                self.process(records)
-                self.consumer.commit_async()
+            self.turn()
         log.info("event=stopped")
+
+    def turn(self) -> None:
+        """One poll of the consumer, and the processing of what it returned."""
+        polled = self.consumer.poll(timeout_ms=200, max_records=self.batch_size)
+        self._resume(polled)
+        records = self._skip_held([r for batch in polled.values() for r in batch])
+        if records:
+            self.process(records)
+            self.consumer.commit_async()
 
     def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Dead-letter the invalid records, then record the valid ones and the positions."""
-        accepted, sources, rejected = triage(records, self.max_event_bytes)
+        triaged = triage(records, self.max_event_bytes)
+        cuts = self._hold_merges(triaged.envelopes, triaged.sources)
+        if cuts:
+            records, triaged = _before(cuts, records, triaged)
+        accepted, sources, rejected = triaged
         if rejected:
             self._deadletter(rejected)
         positions = self._positions(records)
         outcome, refused = self._record(accepted, sources, positions)
+        self.merge_hold.observe(records)
         for position in positions:
             tp = TopicPartition(position.topic, position.partition)
             self._next[tp] = (position.topic_id, position.next_offset)
@@ -200,6 +220,54 @@ class Recorder(ConsumerRebalanceListener):
             "customers?"
         )
 
+    def _hold_merges(
+        self, envelopes: list[Envelope], sources: list[ConsumerRecord]
+    ) -> dict[TopicPartition, int]:
+        """Where to stop the partitions of merges that wait for their target (MergeHold): each
+        is sought back to its merge and not read for a moment."""
+        if self.merge_hold.wait <= 0 or not any(e.type == CUSTOMER_MERGED for e in envelopes):
+            return {}
+        guard = guard_merges(envelopes, sources, self._merge_state(envelopes))
+        unknown = [r.record for r in guard.refused if r.error.code == "unknown_customer"]
+        if not unknown:
+            return {}
+        now, assigned = time.monotonic(), self.consumer.assignment()
+        cuts = self.merge_hold.cuts(unknown, assigned, self._at_end(assigned), now)
+        for tp, offset in cuts.items():
+            self.consumer.seek(tp, offset)
+            self._held[tp] = (offset, now + _MERGE_RECHECK_SECONDS)
+            log.info("event=merge_held partition=%d offset=%d", tp.partition, offset)
+        return cuts
+
+    def _at_end(self, assigned: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """The partitions recorded up to their high watermark (as of the last fetch)."""
+        at_end = set()
+        for tp in assigned:
+            end = self.consumer.highwater(tp)
+            if end is not None and tp in self._next and self._next[tp][1] >= end:
+                at_end.add(tp)
+        return at_end
+
+    def _skip_held(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """The records to process: not those of a partition held at a merge, from the merge on,
+        until it is time to check the merge again (the partition is sought back to it)."""
+        if not self._held:
+            return records
+        now = time.monotonic()
+        held = {tp: h for tp, h in list(self._held.items()) if h[1] > now}  # revocations pop
+        for tp in set(self._held) - set(held):
+            self._held.pop(tp, None)
+        kept, skipped = [], set()
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in held and record.offset >= held[tp][0]:
+                skipped.add(tp)
+            else:
+                kept.append(record)
+        for tp in skipped:
+            self.consumer.seek(tp, held[tp][0])
+        return kept
+
     def _refuse(self, rejected: Sequence[Rejection]) -> int:
         """Dead-letter refused events (waiting for the acks); how many there were."""
         if rejected:
@@ -220,6 +288,8 @@ class Recorder(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
             self._next.pop(tp, None)
+            self._held.pop(tp, None)
+            self.merge_hold.forget(tp)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         with self._lock:
@@ -310,6 +380,23 @@ def _without(
     return [envelopes[i] for i in kept], [sources[i] for i in kept]
 
 
+def _before(
+    cuts: dict[TopicPartition, int], records: Sequence[ConsumerRecord], triaged: Triaged
+) -> tuple[list[ConsumerRecord], Triaged]:
+    """The part of a batch before the cuts (per partition, the offset to stop at)."""
+
+    def kept(record: ConsumerRecord) -> bool:
+        cut = cuts.get(TopicPartition(record.topic, record.partition))
+        return cut is None or record.offset < cut
+
+    pairs = [(e, r) for e, r in zip(triaged.envelopes, triaged.sources, strict=True) if kept(r)]
+    return [r for r in records if kept(r)], Triaged(
+        [e for e, _ in pairs],
+        [r for _, r in pairs],
+        [r for r in triaged.rejected if kept(r.record)],
+    )
+
+
 def main() -> None:
     """Composition root: wire settings, Kafka and PostgreSQL into a Recorder and run it."""
     settings = Settings()
@@ -353,6 +440,7 @@ def main() -> None:
         store,
         max_event_bytes=settings.max_event_bytes,
         batch_size=settings.recorder_batch_size,
+        merge_wait=settings.merge_wait_seconds,
     )
     try:
         recorder.run(stop)

@@ -17,6 +17,7 @@ from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from tests.conftest import new_database
 from tests.integration.helpers import Service, pipeline_env, query, running, wait_until
+from tests.integration.intake import MERGE_WAIT
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,11 @@ def database(postgres: EmbeddedPostgres) -> Iterator[str]:
 def recorder(
     broker: EmbeddedBroker, database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    """One recorder process for the module, its case and merge tables created."""
+    """One recorder process for the module, its case and merge tables created; a merge waits
+    3 s for its target."""
     log_file = tmp_path_factory.mktemp("recorder") / "recorder.log"
-    with running("services.recorder", pipeline_env(broker.bootstrap, database), log_file) as rec:
+    env = pipeline_env(broker.bootstrap, database, CRM_MERGE_WAIT_SECONDS=str(MERGE_WAIT))
+    with running("services.recorder", env, log_file) as rec:
         exists = ("SELECT count(*) = 2 FROM pg_tables "
                   "WHERE tablename IN ('crm_complaint_cases', 'crm_customer_merges')")  # fmt: skip
         wait_until(lambda: bool(query(database, exists)[0][0]), timeout=30,

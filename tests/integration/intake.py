@@ -22,6 +22,10 @@ from services.recorder import Recorder
 from tests.integration.helpers import Service, end_offsets, query, recorded_ids, wait_until
 from tests.unit.examples import envelope
 
+MERGE_WAIT = 3.0
+"""Seconds the recorder process (tests/integration/conftest.py) holds a merge whose target is
+not recorded yet."""
+
 Message = dict[str, Any]
 DeadLetter = tuple[bytes | None, bytes, dict[str, bytes]]
 
@@ -38,10 +42,10 @@ def ids(messages: list[Message]) -> list[str]:
     return [str(m["event_id"]) for m in messages]
 
 
-def send(producer: KafkaProducer, messages: list[Message]) -> None:
+def send(producer: KafkaProducer, messages: list[Message], topic: str = topics.TOUCHPOINTS) -> None:
     for message in messages:
         key = str(message["customer_id"]).encode()
-        producer.send(topics.TOUCHPOINTS, key=key, value=orjson.dumps(message))
+        producer.send(topic, key=key, value=orjson.dumps(message))
     producer.flush()
 
 
@@ -84,11 +88,17 @@ def wait_recorded(dsn: str, prefix: str, count: int, recorder: Service) -> None:
                what=f"{count} recorded", log=recorder.log)  # fmt: skip
 
 
-def in_process(store: EventStore, producer: KafkaProducer) -> Recorder:
-    """A recorder without a consumer: `process` is given its batches."""
+def in_process(
+    store: EventStore,
+    producer: KafkaProducer,
+    consumer: KafkaConsumer | None = None,
+    merge_wait: float = 0.0,
+) -> Recorder:
+    """A recorder in this process; without a consumer, `process` is given its batches."""
     store.create_complaint_cases(COMPLAINT_TYPES, backfill_cases)
     store.create_customer_merges(CUSTOMER_MERGED, backfill_merges)
-    return Recorder(None, producer, store, max_event_bytes=65536, batch_size=2000)  # type: ignore[arg-type]
+    return Recorder(consumer, producer, store, max_event_bytes=65536, batch_size=2000,  # type: ignore[arg-type]
+                    merge_wait=merge_wait)  # fmt: skip
 
 
 def batch(messages: list[Message], first_offset: int = 0) -> list[ConsumerRecord]:

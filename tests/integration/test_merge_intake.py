@@ -16,7 +16,8 @@ import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 from events import topics
 from events.codec import decode
@@ -24,8 +25,10 @@ from infra.broker import EmbeddedBroker
 from infra.case_ledger import COMPLAINT_CASES_TABLE
 from infra.eventstore import EventStore
 from infra.merge_ledger import MergeConflict, MergeRow, MergeState, MergeWrites
+from infra.topics import ensure_topics
 from projections.merges import CUSTOMER_MERGED
 from services.intake_guards import backfill_merges
+from tests.conftest import TOPIC_PARTITIONS
 from tests.integration.helpers import (
     Service,
     end_offsets,
@@ -35,6 +38,7 @@ from tests.integration.helpers import (
     wait_until,
 )
 from tests.integration.intake import (
+    MERGE_WAIT,
     Message,
     batch,
     call,
@@ -59,6 +63,13 @@ def merged(customer: str, into: str) -> Message:
 
 
 # --- broker and database ------------------------------------------------------------------------
+
+
+def partition(producer: KafkaProducer, customer: str, topic: str) -> int:
+    """The partition of `topic` the producer sends a customer's events to (Kafka's default
+    partitioner)."""
+    partitions = sorted(producer.partitions_for(topic))
+    return partitions[(murmur2(customer.encode()) & 0x7FFFFFFF) % len(partitions)]
 
 
 def merge_rows(dsn: str, prefix: str) -> set[tuple[str, str]]:
@@ -190,6 +201,43 @@ def test_events_on_a_merged_away_stream_are_recorded_as_usual(
     wait_recorded(database, prefix, len(events), recorder)
 
     assert stream_ids(database, a) == ids([events[0], *events[2:]])
+
+
+def test_a_merge_waits_for_its_targets_first_event_on_a_partition_read_less_far(
+    broker: EmbeddedBroker, producer: KafkaProducer, store: EventStore, prefix: str
+) -> None:
+    topic = f"intake-{prefix}"  # a topic of its own: only this test's records on it
+    ensure_topics(broker.bootstrap, TOPIC_PARTITIONS, names=[topic])
+    source = f"{prefix}a"
+    target = next(t for n in range(100) if partition(producer, t := f"{prefix}b{n}", topic)
+                  != partition(producer, source, topic))  # fmt: skip
+    lagging = TopicPartition(topic, partition(producer, target, topic))
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=f"hold-{prefix}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             fetch_max_wait_ms=50)  # fmt: skip
+    recorder = in_process(store, producer, consumer, merge_wait=MERGE_WAIT)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)])
+        consumer.pause(lagging)  # read less far: not at all, for now
+        before = end_offsets(broker.bootstrap, topics.DEADLETTER)
+        first, registered = call(source), event("customer.registered", target, name="Bea")
+        merge, after = merged(source, target), call(source)
+        send(producer, [first, registered], topic)
+        send(producer, [merge, after], topic)
+        deadline = time.monotonic() + MERGE_WAIT / 2
+        while time.monotonic() < deadline:
+            recorder.turn()
+        held = recorded_ids(store.dsn, prefix), merge_rows(store.dsn, prefix)
+        consumer.resume(lagging)
+        wait_until(lambda: recorder.turn() or len(recorded_ids(store.dsn, prefix)) == 4,
+                   timeout=30, what="4 recorded")  # fmt: skip
+    finally:
+        consumer.close(autocommit=False)
+
+    assert held == (ids([first]), set()), "the merge and what follows it on its partition wait"
+    assert merge_rows(store.dsn, prefix) == {(source, target)}
+    assert stream_ids(store.dsn, source) == ids([first, merge, after])
+    assert deadletters(broker.bootstrap, before, prefix, expected=0) == []
 
 
 # --- one exact batch, in process --------------------------------------------------------------
