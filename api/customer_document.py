@@ -25,9 +25,15 @@ from projections.complaints import CASES_TABLE
 from projections.customer_360 import CUSTOMER_360, public_document
 from projections.desertion import DESERTION_TABLE, churn_risk
 from projections.merge_index import LINKS_CTE, LINKS_SQL, SURVIVOR
-from projections.offer_view import CUTS_JSON_SQL, OFFERS, PAIRS_SQL, offers_of, owned_skus
+from projections.offer_view import (
+    CUTS_JSON_SQL,
+    OFFERS,
+    PAIRS_SQL,
+    offers_of,
+    owned_skus,
+    pairs_params,
+)
 from projections.offer_view import from_json as offer_from_json
-from projections.offers import MIN_SUPPORT
 
 _NO_LINKS = "WITH down(id) AS (SELECT %(customer_id)s::text) "
 _BASE_SQL = (
@@ -127,11 +133,11 @@ async def merge_links(pool: AsyncConnectionPool[Any], customer_id: str) -> tuple
 
 
 async def _pairs(pool: AsyncConnectionPool[Any], skus: list[str]) -> list[Any]:
-    """The co-purchase rows of these SKUs with enough support (none without SKUs)."""
+    """The co-purchase rows `goes_well_with` picks for these SKUs (none without SKUs)."""
     if not skus:
         return []
     async with pool.connection() as conn:
-        cursor = await conn.execute(PAIRS_SQL, (skus, MIN_SUPPORT))
+        cursor = await conn.execute(PAIRS_SQL, pairs_params(skus))
         return await cursor.fetchall()
 
 

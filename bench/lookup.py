@@ -45,8 +45,7 @@ from bench.pipeline import (
 from events.producer import TouchpointProducer
 from projections.identifiers import LOOKUP_SQL
 from projections.identity import normalize_phone
-from projections.offer_view import PAIRS_SQL
-from projections.offers import MIN_SUPPORT
+from projections.offer_view import PAIRS_SQL, pairs_params
 
 TARGET_P99_MS = 10.0
 FORMATS = ("030 {a} {b}", "+49 30 {a}{b}", "+49 (0)30 {a}-{b}", "0049 30 {a} {b}", "030/{a}{b}")
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             stack.check()
             value = normalize_phone(phone(0, 0), "DE") or ""
             explained = plan(stack.postgres.url, LOOKUP_SQL, ("phone", value, 21))
-            pairs_plan = plan(stack.postgres.url, PAIRS_SQL, (SKUS[:3], MIN_SUPPORT))
+            pairs_plan = plan(stack.postgres.url, PAIRS_SQL, pairs_params(SKUS[:3]))
             runner.run(client.aclose(), 5)
         except BaseException as error:
             log(f"FAILED: {error}")
