@@ -11,10 +11,11 @@ in one run:
    N events (PostgreSQL polled every 0.2 s). Also printed: when each stage (recorder, relay,
    projector) had every event, and the CPU seconds each process used meanwhile.
 3. Freshness at a steady 1,000 events/s: paced sends; for every 50th event a poller asks
-   GET /customers/{id} (httpx, keep-alive) until the customer's version reaches the one this
+   GET /customers/{id} (raw keep-alive HTTP) until the customer's version reaches the one this
    event gave it. A fixed number of pollers (`--pollers`), in a process of their own so that
    their polls do not wait for the GIL of the sending thread, each take the sample due soonest and
-   poll it again 10 ms after a "not yet"; with many samples pending each is polled less often,
+   poll it again 10 ms after a "not yet", 200 polls/s at most in all (the load of the GET
+   target, however fast the API answers); with many samples pending each is polled less often,
    so the report also gives the lower bound (the last "not yet" answer) and the mean time spent
    in each stage (events waiting there / rate, from PostgreSQL).
 4. GET /customers/{id} latency at 200 requests/s over existing customers, open loop: requests
@@ -89,6 +90,7 @@ PARTITIONS = 6
 SESSION_TIMEOUT_MS = 3000
 MONITOR_INTERVAL_S = 0.2  # the end-to-end poll of the read model
 FRESHNESS_POLL_S = 0.01  # each pending freshness sample is polled this often
+FRESHNESS_POLLS_PER_S = 200.0  # at most, all pollers together: the load of the GET target
 FRESHNESS_SAMPLE_EVERY = 50  # 20 samples/s at 1,000 events/s: the polls stay a small load
 FRESHNESS_GIVE_UP_S = 30.0
 HTTP_CONNECTIONS = 8  # keep-alive connections of the bench's HTTP client
@@ -650,10 +652,12 @@ class FreshnessWatcher:
     """Polls every pending sample through GET /customers/{id} until its version shows.
 
     A fixed number of worker tasks (one KeepAliveGet connection each) take the sample whose next
-    poll is due soonest; a sample is polled again `FRESHNESS_POLL_S` after its previous answer.
-    The load on the API is bounded however many samples are pending; when the workers cannot
-    keep up, a sample is polled less often, which `resolution_ms` (time between the last
-    "not yet" and the "visible" answer, the uncertainty of each latency) shows.
+    poll is due soonest; a sample is polled again `FRESHNESS_POLL_S` after its previous answer,
+    and all workers together poll at most `FRESHNESS_POLLS_PER_S` times a second. The load on
+    the API is so bounded however many samples are pending and however fast the API answers (a
+    faster API must not buy itself more polls); when the polls cannot keep up, a sample is polled
+    less often, which `resolution_ms` (time between the last "not yet" and the "visible" answer,
+    the uncertainty of each latency) shows.
     Runs on the runner's loop; `add` is called from other threads.
     """
 
@@ -667,6 +671,7 @@ class FreshnessWatcher:
         self.polls = 0
         self._heap: list[_Watch] = []
         self._busy = 0
+        self._next_slot = 0.0  # the earliest time of the next poll, over all workers
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -698,6 +703,12 @@ class FreshnessWatcher:
             if wait > 0:
                 await asyncio.sleep(min(wait, FRESHNESS_POLL_S))
                 continue
+            slot = max(time.perf_counter(), self._next_slot)
+            self._next_slot = slot + 1 / FRESHNESS_POLLS_PER_S
+            if slot > time.perf_counter():
+                await asyncio.sleep(slot - time.perf_counter())
+                if not self._heap or self._heap[0].due > time.perf_counter():
+                    continue  # another worker took it meanwhile
             item = heapq.heappop(self._heap)
             self._busy += 1
             try:
