@@ -387,8 +387,13 @@ def test_replay_rebuilds_the_screen_pop_read_models_identical_to_the_live_ones(
 
 
 def offers_and_segments(document: dict[str, Any]) -> dict[str, Any]:
-    """What the 360 says to offer, without the time the cut points were computed (every 0.5 s)."""
+    """What the 360 says to offer, without the time the cut points were computed (every 0.5 s)
+    and the interests' weights (they decay with the clock, read twice at different times)."""
     segments = {k: v for k, v in document["segments"].items() if k != "tier_cuts_at"}
+    segments["interests"] = {
+        kind: [{k: v for k, v in item.items() if k != "weight"} for item in items]
+        for kind, items in segments["interests"].items()
+    }
     return {"offers": document["offers"], "segments": segments}
 
 
