@@ -11,7 +11,7 @@ first event, sent before, would have been recorded). Only the merge's partition 
 nothing is held in memory that a crash could lose: the intake position stays at the merge.
 
 The decisions are here, apart from the consumer: `cuts` says where to stop each partition,
-`observe` learns how far the recorder has read.
+`waiting` which partitions not to read yet, `observe` learns how far the recorder has read.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+RECHECK_SECONDS = 0.25
+"""How long a partition held at a merge is not read before the merge is checked again."""
+
 
 @dataclass
 class MergeHold:
@@ -29,8 +32,9 @@ class MergeHold:
     been read. Times are monotonic seconds; record timestamps are Kafka's, in milliseconds."""
 
     wait: float
-    _held: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
-    """Per partition, the offset of the merge held at its head and when it was first met."""
+    _held: dict[TopicPartition, tuple[int, float, float]] = field(default_factory=dict)
+    """Per partition, the offset of the merge held at its head, when it was first met and when
+    to check it again."""
     _read_until: dict[TopicPartition, int] = field(default_factory=dict)
     """Per partition, the time up to which its records are recorded: the newest timestamp of
     a record recorded from it, or of the merge held at its head."""
@@ -54,11 +58,16 @@ class MergeHold:
             since = held[1] if held is not None and held[0] == record.offset else now
             if now - since < self.wait and not self._read_past(record, tp, assigned, at_end):
                 cuts[tp] = record.offset
-                self._held[tp] = (record.offset, since)
+                self._held[tp] = (record.offset, since, now + RECHECK_SECONDS)
                 # what its partition holds from before the merge is recorded: two partitions
                 # held at once do not wait for each other, the earlier merge is let go
                 self._read_until[tp] = max(self._read_until.get(tp, -1), record.timestamp)
         return cuts
+
+    def waiting(self, now: float) -> dict[TopicPartition, int]:
+        """The partitions not to read yet from the offset of their held merge on."""
+        held = list(self._held.items())  # a copy: a revocation may forget one meanwhile
+        return {tp: offset for tp, (offset, _, check_at) in held if check_at > now}
 
     def observe(self, recorded: Iterable[ConsumerRecord]) -> None:
         """Learn from the records just recorded (or dead-lettered) how far each partition has

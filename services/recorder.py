@@ -65,9 +65,6 @@ log = logging.getLogger("crm.recorder")
 _RETRY_SECONDS = 1.0
 _DEADLETTER_ACK_TIMEOUT = 30.0
 _CASE_CHECKS = 5
-_MERGE_RECHECK_SECONDS = 0.25
-"""How long a partition held at a merge is not read before its merge is checked again. (Not
-paused: kafka-python 3.0.12 can leave a paused partition unfetched after it is resumed.)"""
 """Checks of one batch against the complaint cases and merges before giving up (loudly) on
 conflicts."""
 
@@ -127,8 +124,6 @@ class Recorder(ConsumerRebalanceListener):
         self.batch_size = batch_size
         self.sla = sla
         self.merge_hold = MergeHold(merge_wait)
-        # partition held at a merge → the merge's offset, and when to check it again
-        self._held: dict[TopicPartition, tuple[int, float]] = {}
         # Next offset to read per partition, with the topic id it belongs to.
         self._next: dict[TopicPartition, tuple[str | None, int]] = {}
         self._assigned: set[TopicPartition] = set()
@@ -231,11 +226,10 @@ class Recorder(ConsumerRebalanceListener):
         unknown = [r.record for r in guard.refused if r.error.code == "unknown_customer"]
         if not unknown:
             return {}
-        now, assigned = time.monotonic(), self.consumer.assignment()
-        cuts = self.merge_hold.cuts(unknown, assigned, self._at_end(assigned), now)
+        assigned = self.consumer.assignment()
+        cuts = self.merge_hold.cuts(unknown, assigned, self._at_end(assigned), time.monotonic())
         for tp, offset in cuts.items():
             self.consumer.seek(tp, offset)
-            self._held[tp] = (offset, now + _MERGE_RECHECK_SECONDS)
             log.info("event=merge_held partition=%d offset=%d", tp.partition, offset)
         return cuts
 
@@ -250,22 +244,21 @@ class Recorder(ConsumerRebalanceListener):
 
     def _skip_held(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """The records to process: not those of a partition held at a merge, from the merge on,
-        until it is time to check the merge again (the partition is sought back to it)."""
-        if not self._held:
+        until it is time to check the merge again (the partition is sought back to it). Not
+        paused instead: kafka-python 3.0.12 can leave a paused partition unfetched after it is
+        resumed."""
+        waiting = self.merge_hold.waiting(time.monotonic())
+        if not waiting:
             return records
-        now = time.monotonic()
-        held = {tp: h for tp, h in list(self._held.items()) if h[1] > now}  # revocations pop
-        for tp in set(self._held) - set(held):
-            self._held.pop(tp, None)
         kept, skipped = [], set()
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            if tp in held and record.offset >= held[tp][0]:
+            if tp in waiting and record.offset >= waiting[tp]:
                 skipped.add(tp)
             else:
                 kept.append(record)
         for tp in skipped:
-            self.consumer.seek(tp, held[tp][0])
+            self.consumer.seek(tp, waiting[tp])
         return kept
 
     def _refuse(self, rejected: Sequence[Rejection]) -> int:
@@ -288,7 +281,6 @@ class Recorder(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
             self._next.pop(tp, None)
-            self._held.pop(tp, None)
             self.merge_hold.forget(tp)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from services.merge_hold import MergeHold
+from services.merge_hold import RECHECK_SECONDS, MergeHold
 
 TOPIC = "crm.touchpoints"
 P0, P1, P2 = (TopicPartition(TOPIC, p) for p in range(3))
@@ -86,3 +86,13 @@ def test_a_revoked_partition_is_forgotten() -> None:
     hold.forget(P1)
     assert hold.cuts([record(0, 5)], ALL, set(), now=109.0) == {P0: 5}  # P1 unread again
     assert hold.cuts([record(0, 5)], ALL, set(), now=119.0) == {}  # its wait began at 109
+
+
+def test_a_held_partition_is_not_read_until_its_merge_is_checked_again() -> None:
+    hold = MergeHold(wait=10.0)
+    hold.cuts([record(0, 5), record(1, 3)], ALL, set(), now=100.0)
+    assert hold.waiting(100.1) == {P0: 5, P1: 3}
+    assert hold.waiting(100.0 + RECHECK_SECONDS) == {}
+    hold.observe([record(1, 3)])  # read past at the check
+    hold.cuts([record(0, 5)], ALL, set(), now=100.3)
+    assert hold.waiting(100.4) == {P0: 5}
