@@ -36,7 +36,6 @@ from typing import Any
 import faust
 import mode.loop
 import orjson
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -68,6 +67,7 @@ from projections.views import (
 from services.alert_log import log_alerts, resolve_alerts
 from services.complaint_alerts import DeadlineClock, SpikeCheck, sla_policy
 from services.desertion import DailyScan, DesertionDetector
+from services.faust_consumer import PromptConsumer, each_batch
 from services.intake_outbox import CREATE_OUTBOX_SQL, enqueue
 from services.offer_jobs import TierCutsClock, refresh_tier_cuts
 from services.post_purchase import PostPurchaseFollowups
@@ -83,7 +83,6 @@ from services.view_folds import (
 
 log = logging.getLogger("crm.projector")
 
-FETCH_MAX_WAIT_MS = 20
 set_json_loads(orjson.loads)  # read-model documents come back through orjson
 
 VIEWS: dict[str, CustomerView[Any]] = {
@@ -243,21 +242,6 @@ OVERDUE_CANDIDATES_SQL = (
 """Balances with an open invoice due before today (ISO dates compare as text)."""
 
 
-class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust lets a fetch wait up to 1.5 s for data (hard-coded); the embedded broker does not
-    answer a waiting fetch early when data arrives, so events would sit there. Ask every 50 ms."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher at start
-        return consumer
-
-
-class _PromptConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _PromptConsumerThread:
-        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
 def make_app(
     settings: Settings,
     projector: Projector,
@@ -283,27 +267,21 @@ def make_app(
         web_enabled=False,
         producer_acks=-1,
     )
-    app.transport.Consumer = _PromptConsumer
+    app.transport.Consumer = PromptConsumer
     source = app.topic(topics.EVENTS, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:
-        manual = stream.noack()
-        batch: list[faust.EventT] = []
-        async for event in manual.events():
-            batch.append(event)
-            if len(batch) < BATCH and not manual.channel.empty():
-                continue  # more has arrived already: take it into this batch
-            events = [decode_recorded(e.value) for e in batch]
-            changed = await projector.apply(events)
-            detector.note(events)
-            for done in batch:  # acked (faust may commit them) only once applied
-                await manual.ack(done)
-            oldest_ms = min(e.message.timestamp for e in batch) * 1000
-            log.info("event=batch_applied events=%d rows=%d last_position=%d age_ms=%d",
-                     len(events), changed, max(e.position for e in events),
-                     time.time() * 1000 - oldest_ms)  # fmt: skip
-            batch = []
+        await each_batch(stream, BATCH, apply)
+
+    async def apply(batch: list[faust.EventT]) -> None:
+        events = [decode_recorded(e.value) for e in batch]
+        changed = await projector.apply(events)
+        detector.note(events)
+        oldest_ms = min(e.message.timestamp for e in batch) * 1000
+        log.info("event=batch_applied events=%d rows=%d last_position=%d age_ms=%d",
+                 len(events), changed, max(e.position for e in events),
+                 time.time() * 1000 - oldest_ms)  # fmt: skip
 
     @app.task
     async def watch_the_clock() -> None:
