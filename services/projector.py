@@ -95,6 +95,7 @@ EVENT_INDEXES = ("identifiers", "merges")
 BATCH = 1000
 REPLAY_PAGE = 5000
 FULL_GC_EVERY_S = 600.0
+OVERDUE_PAGE = 1000  # balances per transaction of the overdue scan
 NEVER = 2**31 - 1  # a gc threshold no counter reaches
 
 
@@ -217,29 +218,43 @@ class Projector:
         return sum(len(folded) for _, folded in written)
 
 
-async def raise_overdue(pool: AsyncConnectionPool[Any], now: datetime) -> int:
+async def raise_overdue(
+    pool: AsyncConnectionPool[Any], now: datetime, page: int = OVERDUE_PAGE
+) -> int:
     """Log `invoice.overdue` for every open invoice past its due date on `now`'s UTC day.
 
     Raised by the passage of time: run at start-up and when the day changes. An invoice is alerted
-    once (its alert_id is its episode); returns how many alerts were logged for the first time."""
+    once (its alert_id is its episode), so the scan goes `page` customers per transaction: the
+    batches' transactions, which log alerts too, wait for one page at most, and the event loop
+    gets its turn between pages. Returns how many alerts were logged for the first time."""
     today = now.astimezone(UTC).date()
-    async with pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(OVERDUE_CANDIDATES_SQL, (today.isoformat(),))
-        alerts = [
-            alert
-            for (doc,) in await cursor.fetchall()
-            for alert in overdue_alerts(balance_from_json(doc), today, now)
-        ]
-        raised = await log_alerts(conn, alerts)
+    raised, after = 0, ""
+    while True:
+        async with pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                OVERDUE_CANDIDATES_SQL, {"today": today.isoformat(), "after": after, "page": page}
+            )
+            rows = await cursor.fetchall()
+            alerts = [
+                alert
+                for _, doc in rows
+                for alert in overdue_alerts(balance_from_json(doc), today, now)
+            ]
+            raised += await log_alerts(conn, alerts)
+        if len(rows) < page:
+            break
+        after = rows[-1][0]
     log.info("event=overdue_scanned day=%s raised=%d", today, raised)
     return raised
 
 
 OVERDUE_CANDIDATES_SQL = (
-    f"SELECT doc FROM {BALANCE.table} WHERE jsonb_path_exists(doc, "
-    "'$.ledgers.*.open_invoices[*] ? (@.due_date < $today)', jsonb_build_object('today', %s::text))"
+    f"SELECT customer_id, doc FROM {BALANCE.table} WHERE customer_id > %(after)s "
+    "AND jsonb_path_exists(doc, '$.ledgers.*.open_invoices[*] ? (@.due_date < $today)', "
+    "jsonb_build_object('today', %(today)s::text)) ORDER BY customer_id LIMIT %(page)s"
 )
-"""Balances with an open invoice due before today (ISO dates compare as text)."""
+"""A page of the balances with an open invoice due before today (ISO dates compare as text),
+after a customer id."""
 
 
 def make_app(

@@ -36,7 +36,7 @@ from infra.postgres import EmbeddedPostgres
 from infra.settings import Settings
 from projections.balance import BALANCE
 from projections.recorded import from_store
-from services.projector import Projector, raise_overdue
+from services.projector import OVERDUE_PAGE, Projector, raise_overdue
 from tests.conftest import new_database
 from tests.integration.helpers import Service, end_offsets, pipeline_env, query, wait_until
 
@@ -465,10 +465,10 @@ def today_steps(today: date) -> tuple[Step, ...]:
     )
 
 
-def raise_overdue_at(dsn: str, now: datetime) -> int:
+def raise_overdue_at(dsn: str, now: datetime, page: int = OVERDUE_PAGE) -> int:
     async def run() -> int:
         async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
-            return await raise_overdue(pool, now)
+            return await raise_overdue(pool, now, page)
 
     return asyncio.run(run())
 
@@ -644,7 +644,7 @@ def test_the_overdue_scan_alerts_each_invoice_past_due_once_and_none_not_yet_due
     before = overdue_ids()
     assert before <= expected
     noon = datetime(2040, 6, 30, 12, 0, tzinfo=UTC)
-    assert raise_overdue_at(stack.dsn, noon) == len(expected - before)
+    assert raise_overdue_at(stack.dsn, noon, page=1) == len(expected - before)  # page by page
     assert overdue_ids() == expected
     assert raise_overdue_at(stack.dsn, noon) == 0  # a second scan logs nothing again
     # 01:00 on 1 July at UTC+2 is still 30 June in UTC: D0 is due today, not overdue
