@@ -49,7 +49,8 @@ class DatabaseHealth(BaseModel):
 
 
 class GroupLag(BaseModel):
-    """Records of `topic` the group has not committed yet, summed over partitions."""
+    """Records of `topic` the group has not committed yet, summed over partitions: how many
+    events wait for it (plus those it applied since its last commit, a few seconds' worth)."""
 
     topic: str
     lag: int
@@ -57,13 +58,22 @@ class GroupLag(BaseModel):
 
 class Pipeline(BaseModel):
     """Global event-store positions reached by each stage; a lag is how many positions the
-    stage is behind the event store."""
+    stage is behind the event store.
+
+    The relay publishes in position order, so its lag counts the events it has not published.
+    The projector reads the partitions of crm.events side by side, each at its own pace, so
+    its position is the highest it applied: 0 lag says it reached the newest event, but while
+    it catches up, events below its position may still wait on other partitions. How many
+    wait is the `crm-projector` group's Kafka lag."""
 
     event_store_position: int
     relayed_position: int = Field(description="tracked by the relay for the current crm.events")
-    projected_position: int = Field(description="applied by the live projector")
-    relay_lag: int
-    projector_lag: int
+    projected_position: int = Field(description="the highest applied by the live projector")
+    relay_lag: int = Field(description="events not published yet")
+    projector_lag: int = Field(
+        description="positions between the newest event and the highest applied: a lower bound "
+        "of the events waiting (the crm-projector Kafka lag counts them)"
+    )
 
 
 class Health(BaseModel):
