@@ -3,11 +3,11 @@
 - faust lets a fetch wait up to 1.5 s for data (hard-coded); the embedded broker does not answer a
   waiting fetch early when data arrives, so events would sit there. The fetcher asks every 20 ms.
 - faust hands every message to the streams through `wait_first(on_message(msg), flow suspended)`,
-  which makes four tasks and an `asyncio.wait` per message: about half of faust's CPU per message
-  (measured in bench/faust_intake.py). Almost always `on_message` finishes without suspending
-  (the stream buffer has room), so `PromptConsumer.wait_first` runs it inline up to its first
-  suspension, and only a message that has to wait goes the original way, racing the flow's
-  suspension (a rebalance) as before.
+  which makes four tasks and an `asyncio.wait` per message (bench/faust_intake.py: faust spends
+  121 µs of CPU per message with it, 78 µs without). Almost always `on_message` finishes without
+  suspending (the stream buffer has room), so `PromptConsumer.wait_first` runs it inline up to
+  its first suspension, and only a message that has to wait goes the original way, racing the
+  flow's suspension (a rebalance) as before.
 """
 
 from __future__ import annotations

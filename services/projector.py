@@ -15,7 +15,8 @@ co-purchase counts and daily spend, the identifier index the normalized phones a
 the merge index who was merged into whom (projections/offer_view.py, projections/identifiers.py,
 projections/merge_index.py), in the same transaction. The desertion detector's loop runs the
 daily scans, the deadline clock (SLA breaches, overdue follow-ups) and the value tiers' cut
-points (services/offer_jobs.py).
+points (services/offer_jobs.py). faust's consumer is services/faust_consumer.py's, which hands
+messages over without a task each.
 
 Run it with `python -m services.projector` (the `crm up` supervisor does), or
 `python -m services.projector replay customer_360` to rebuild a read model from the event store.
