@@ -186,6 +186,30 @@ def test_every_figure_is_exact_through_duplicates_and_kill_9_of_projector_and_re
     assert_views_match(dsn, prefix, messages)
 
 
+def test_every_figure_is_exact_when_a_second_projector_joins_and_leaves_mid_stream(
+    broker: EmbeddedBroker, env: dict[str, str], pipeline: dict[str, Service], tmp_path: Path
+) -> None:
+    """Two rebalances with messages in flight: the projectors' consumer hands messages over
+    inline, and a suspended flow must still drop what the revoked partitions had fetched."""
+    prefix = f"j{uuid.uuid4().hex[:6]}-"
+    messages = history(prefix, customers=300, events=12_000, seed=5)
+    dsn = env["DATABASE_URL"]
+    second = Service("services.projector", env, tmp_path / "second-projector.log")
+    show = logs({**pipeline, "second projector": second})
+
+    produce(broker.bootstrap, messages[:4_000])
+    wait_until(lambda: len(projected(dsn, prefix)) >= 100, timeout=120, what="progress", log=show)
+    second.start()  # joins the group: the partitions are shared out again
+    produce(broker.bootstrap, messages[4_000:8_000])
+    wait_until(lambda: "event=batch_applied" in second.log(), timeout=120,
+               what="the second projector applied a batch", log=show)  # fmt: skip
+    assert second.stop() == 0  # leaves: its partitions go back to the first
+    produce(broker.bootstrap, messages[8_000:])
+
+    wait_until(fully_projected(dsn, prefix, messages), timeout=300, what="all", log=show)
+    assert_views_match(dsn, prefix, messages)
+
+
 def test_nothing_is_lost_or_counted_twice_when_the_broker_restarts_empty(
     broker: EmbeddedBroker,
     restart_broker: Callable[[], None],
