@@ -128,10 +128,11 @@ LOCK_ALERTS_SQL = f"LOCK TABLE {ALERTS_TABLE} IN EXCLUSIVE MODE"
 
 INSERT_ALERTS_SQL = (
     f"INSERT INTO {ALERTS_TABLE} (alert_id, kind, customer_id, raised_at, alert) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::jsonb[]) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::jsonb[]) "
     "ON CONFLICT (alert_id) DO NOTHING"
 )
-"""An alert already logged (same episode) is kept as it was: raised once."""
+"""An alert already logged (same episode) is kept as it was: raised once. Binary parameters:
+psycopg escapes every quote of a JSON document in a text array with a regular expression."""
 
 RESOLVE_ALERTS_SQL = (
     f"UPDATE {ALERTS_TABLE} SET status = 'resolved', status_at = %s "
@@ -145,13 +146,14 @@ SELECT_ALERTS_AFTER_SQL = (
 
 
 def insert_params(alerts: list[Alert]) -> tuple[list[Any], ...]:
-    """The parameters of INSERT_ALERTS_SQL for `alerts` (documents as JSON text)."""
+    """The parameters of INSERT_ALERTS_SQL for `alerts`, but the documents JSON-ready (the
+    writer wraps them for PostgreSQL)."""
     return (
         [a.alert_id for a in alerts],
         [a.kind for a in alerts],
         [a.customer_id for a in alerts],
         [a.raised_at for a in alerts],
-        [orjson.dumps(a.to_json()).decode() for a in alerts],
+        [a.to_json() for a in alerts],
     )
 
 

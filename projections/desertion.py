@@ -207,9 +207,9 @@ CREATE_DESERTION_SQL = (
 )
 UPSERT_DESERTION_SQL = (
     f"INSERT INTO {DESERTION_TABLE} (customer_id, episodes, open, since, episode_baseline, "
-    "verdict, judged_at, judged_version) SELECT * FROM unnest(%s::text[], %s::integer[], "
-    "%s::boolean[], %s::timestamptz[], %s::numeric[], %s::jsonb[], %s::timestamptz[], "
-    "%s::bigint[]) ON CONFLICT (customer_id) DO UPDATE SET episodes = excluded.episodes, "
+    "verdict, judged_at, judged_version) SELECT * FROM unnest(%b::text[], %b::integer[], "
+    "%b::boolean[], %b::timestamptz[], %b::numeric[], %b::jsonb[], %b::timestamptz[], "
+    "%b::bigint[]) ON CONFLICT (customer_id) DO UPDATE SET episodes = excluded.episodes, "
     "open = excluded.open, since = excluded.since, episode_baseline = excluded.episode_baseline, "
     "verdict = excluded.verdict, judged_at = excluded.judged_at, "
     "judged_version = excluded.judged_version"

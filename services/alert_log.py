@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from projections.alerts import (
     ALERTS_CHANNEL,
@@ -25,7 +27,9 @@ async def log_alerts(conn: AsyncConnection[Any], alerts: list[Alert]) -> int:
     if not alerts:
         return 0
     await conn.execute(LOCK_ALERTS_SQL)
-    cursor = await conn.execute(INSERT_ALERTS_SQL, insert_params(alerts))
+    *columns, docs = insert_params(alerts)
+    documents = [Jsonb(doc, dumps=orjson.dumps) for doc in docs]
+    cursor = await conn.execute(INSERT_ALERTS_SQL, (*columns, documents))
     await conn.execute(f"NOTIFY {ALERTS_CHANNEL}")
     return cursor.rowcount
 

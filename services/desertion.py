@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from infra.eventstore import EVENTS_TABLE
@@ -251,8 +252,8 @@ async def _write(
     if not judged:
         return
     rows = [
-        (customer_id, e.count, e.open, e.since, e.baseline_monthly, orjson.dumps(v).decode(), now,
-         version)
+        (customer_id, e.count, e.open, e.since, e.baseline_monthly, Jsonb(v, dumps=orjson.dumps),
+         now, version)
         for customer_id, version, e, v in judged
     ]  # fmt: skip
     await conn.execute(UPSERT_DESERTION_SQL, [list(column) for column in zip(*rows, strict=True)])
