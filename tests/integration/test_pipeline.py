@@ -200,7 +200,9 @@ def test_every_figure_is_exact_when_a_second_projector_joins_and_leaves_mid_stre
     produce(broker.bootstrap, messages[:4_000])
     wait_until(lambda: len(projected(dsn, prefix)) >= 100, timeout=120, what="progress", log=show)
     second.start()  # joins the group: the partitions are shared out again
-    produce(broker.bootstrap, messages[4_000:8_000])
+    wait_until(lambda: "Worker ready" in second.log(), timeout=120,
+               what="the second projector got its partitions", log=show)  # fmt: skip
+    produce(broker.bootstrap, messages[4_000:8_000])  # for both (the first alone could take all)
     wait_until(lambda: "event=batch_applied" in second.log(), timeout=120,
                what="the second projector applied a batch", log=show)  # fmt: skip
     second.stop()  # leaves: its partitions go back to the first (a SIGTERM; in one CI run it
