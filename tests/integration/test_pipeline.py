@@ -200,13 +200,15 @@ def test_every_figure_is_exact_when_a_second_projector_joins_and_leaves_mid_stre
     produce(broker.bootstrap, messages[:4_000])
     wait_until(lambda: len(projected(dsn, prefix)) >= 100, timeout=120, what="progress", log=show)
     second.start()  # joins the group: the partitions are shared out again
-    wait_until(lambda: "Worker ready" in second.log(), timeout=120,
-               what="the second projector got its partitions", log=show)  # fmt: skip
-    produce(broker.bootstrap, messages[4_000:8_000])  # for both (the first alone could take all)
-    wait_until(lambda: "event=batch_applied" in second.log(), timeout=120,
-               what="the second projector applied a batch", log=show)  # fmt: skip
-    second.stop()  # leaves: its partitions go back to the first (a SIGTERM; in one CI run it
-    # did not stop within 30 s and was killed, which hands them back all the same)
+    try:
+        wait_until(lambda: "Worker ready" in second.log(), timeout=120,
+                   what="the second projector got its partitions", log=show)  # fmt: skip
+        produce(broker.bootstrap, messages[4_000:8_000])  # for both (the first could take all)
+        wait_until(lambda: "event=batch_applied" in second.log(), timeout=120,
+                   what="the second projector applied a batch", log=show)  # fmt: skip
+    finally:  # it leaves (and is never left running): its partitions go back to the first.
+        second.stop()  # A SIGTERM; in one CI run it did not stop within 30 s and was killed,
+        # which hands them back all the same.
     produce(broker.bootstrap, messages[8_000:])
 
     wait_until(fully_projected(dsn, prefix, messages), timeout=300, what="all", log=show)
