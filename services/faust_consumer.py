@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -22,6 +22,7 @@ from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
 FETCH_MAX_WAIT_MS = 20
+T = TypeVar("T")
 
 
 class Suspended:
@@ -94,17 +95,36 @@ def _close(waitables: list[WaitArgT]) -> None:
 
 
 async def each_batch(
-    stream: faust.StreamT[Any], most: int, handle: Callable[[list[faust.EventT]], Awaitable[None]]
+    stream: faust.StreamT[Any],
+    most: int,
+    fold: Callable[[list[faust.EventT]], Awaitable[T]],
+    write: Callable[[T], Awaitable[None]],
 ) -> None:
-    """Hand the stream's events to `handle` in batches of what has arrived (at most `most`);
-    a batch is acked (faust may commit it) only once `handle` returned."""
+    """Hand the stream's events over in batches of what has arrived (at most `most`): `fold`
+    each batch, then `write` it in a task of its own, so that the next batch is taken and folded
+    while it is written. Writes run one at a time, in order, and the next one starts only once
+    the one before succeeded; a batch is acked (faust may commit it) only once written. A failed
+    write ends the loop with its error, and the batch folded meanwhile is dropped."""
     manual = stream.noack()
-    batch: list[faust.EventT] = []
-    async for event in manual.events():
-        batch.append(event)
-        if len(batch) < most and not manual.channel.empty():
-            continue  # more has arrived already: take it into this batch
-        await handle(batch)
-        for done in batch:
+
+    async def write_and_ack(folded: T, events: list[faust.EventT]) -> None:
+        await write(folded)
+        for done in events:
             await manual.ack(done)
-        batch = []
+
+    writing: asyncio.Task[None] | None = None
+    batch: list[faust.EventT] = []
+    try:
+        async for event in manual.events():
+            batch.append(event)
+            if len(batch) < most and not manual.channel.empty():
+                continue  # more has arrived already: take it into this batch
+            folded = await fold(batch)
+            if writing is not None:
+                previous, writing = writing, None
+                await previous
+            writing = asyncio.create_task(write_and_ack(folded, batch))
+            batch = []
+    finally:
+        if writing is not None:
+            await writing

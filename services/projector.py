@@ -31,6 +31,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,12 +75,14 @@ from services.offer_jobs import TierCutsClock, refresh_tier_cuts
 from services.post_purchase import PostPurchaseFollowups
 from services.view_folds import (
     Change,
-    Folded,
+    Turns,
     ViewCache,
-    apply_sparse_view,
-    apply_view,
+    ViewFold,
+    fold_sparse_view,
+    fold_view,
     insert_event_rows,
     upsert_index_rows,
+    write_view,
 )
 
 log = logging.getLogger("crm.projector")
@@ -181,42 +184,78 @@ class Projector:
             self._ready = True
 
     async def apply(self, events: Sequence[RecordedEvent], progress_name: str = "live") -> int:
-        """Fold the events into every view; returns how many views rows changed."""
-        if not events:
-            return 0
+        """Fold the events into every view and write them; returns how many views rows changed."""
+        return await self.write(await self.fold(events, progress_name)) if events else 0
+
+    async def fold(
+        self, events: Sequence[RecordedEvent], progress_name: str = "live"
+    ) -> FoldedBatch:
+        """Fold the events (at least one) into every view, from the cached or stored rows, and
+        stage the new states in the caches. It may run while the batch before is written: it
+        folds on from that batch's staged states, and is to be dropped if that write fails."""
         await self.create_tables_once()
         by_customer: dict[str, list[RecordedEvent]] = defaultdict(list)
         for event in events:
             by_customer[event.envelope.customer_id].append(event)
-        written: list[tuple[ViewCache, dict[str, Folded]]] = []
-        changes: dict[str, list[Change]] = {}
-        alerts: list[Alert] = []
-        ended: list[str] = []
-        filled: list[RecordedEvent] = []  # read from the event store to fill gaps
-        now = self.clock()
+        batch = FoldedBatch(events, progress_name, self.clock())
+        turns = Turns()
         async with self.pool.connection() as conn, conn.transaction():
             for view in self.views:
-                cache = self.caches[view.name]
-                fold = apply_view if view.types is None else apply_sparse_view
-                folded, changes[view.name] = await fold(
-                    conn, view, cache, by_customer, now, alerts, ended, filled
-                )
-                written.append((cache, folded))
+                fold = fold_view if view.types is None else fold_sparse_view
+                batch.views.append(
+                    await fold(conn, view, self.caches[view.name], by_customer, batch.now,
+                               batch.alerts, batch.ended, batch.filled, turns)
+                )  # fmt: skip
+        for folded in batch.views:
+            self.caches[folded.view.name].stage(folded.folded)
+        return batch
+
+    async def write(self, batch: FoldedBatch) -> int:
+        """Write a folded batch in one transaction, then keep its staged states (or, if it
+        fails, drop them and those of any batch folded on from it); returns views rows changed.
+        Batches are written in the order they were folded, one at a time."""
+        try:
+            await self._write(batch)
+        except BaseException:
+            for cache in self.caches.values():
+                cache.discard()
+            raise
+        for cache in self.caches.values():
+            cache.commit()
+        return sum(len(folded.folded) for folded in batch.views)
+
+    async def _write(self, batch: FoldedBatch) -> None:
+        events, now, alerts = batch.events, batch.now, list(batch.alerts)
+        changes: dict[str, list[Change]] = {}
+        async with self.pool.connection() as conn, conn.transaction():
+            for folded in batch.views:
+                changes[folded.view.name] = await write_view(conn, folded)
             for table in self.event_tables:
-                await insert_event_rows(conn, table, [*events, *filled])
+                await insert_event_rows(conn, table, [*events, *batch.filled])
             for index in self.event_indexes:
-                await upsert_index_rows(conn, index, [*events, *filled])
+                await upsert_index_rows(conn, index, [*events, *batch.filled])
             for check in self.checks:
                 alerts.extend(await check(conn, changes, now))
             await log_alerts(conn, alerts)
-            await resolve_alerts(conn, ended, now)
+            await resolve_alerts(conn, batch.ended, now)
             await enqueue(conn, [e for emit in self.emitters for e in emit(events, now)])
             await conn.execute(
-                ADVANCE_PROGRESS_SQL, (progress_name, max(e.position for e in events))
+                ADVANCE_PROGRESS_SQL, (batch.progress_name, max(e.position for e in events))
             )
-        for cache, folded in written:  # only once committed
-            cache.update(folded)
-        return sum(len(folded) for _, folded in written)
+
+
+@dataclass
+class FoldedBatch:
+    """A batch folded into every view, not written yet (`Projector.fold`, `Projector.write`)."""
+
+    events: Sequence[RecordedEvent]
+    progress_name: str
+    now: datetime
+    views: list[ViewFold] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    filled: list[RecordedEvent] = field(default_factory=list)
+    """Events read from the event store to fill gaps."""
 
 
 async def raise_overdue(
@@ -288,16 +327,19 @@ def make_app(
 
     @app.agent(source, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:
-        await each_batch(stream, BATCH, apply)
+        await each_batch(stream, BATCH, fold, write)
 
-    async def apply(batch: list[faust.EventT]) -> None:
-        events = [decode_recorded(e.value) for e in batch]
-        changed = await projector.apply(events)
-        detector.note(events)
-        oldest_ms = min(e.message.timestamp for e in batch) * 1000
+    async def fold(batch: list[faust.EventT]) -> tuple[FoldedBatch, float]:
+        folded = await projector.fold([decode_recorded(e.value) for e in batch])
+        return folded, min(e.message.timestamp for e in batch)
+
+    async def write(folded_at: tuple[FoldedBatch, float]) -> None:
+        folded, oldest = folded_at
+        changed = await projector.write(folded)
+        detector.note(folded.events)
         log.info("event=batch_applied events=%d rows=%d last_position=%d age_ms=%d",
-                 len(events), changed, max(e.position for e in events),
-                 time.time() * 1000 - oldest_ms)  # fmt: skip
+                 len(folded.events), changed, max(e.position for e in folded.events),
+                 (time.time() - oldest) * 1000)  # fmt: skip
 
     @app.task
     async def watch_the_clock() -> None:

@@ -1,7 +1,10 @@
-"""How the projector folds one batch into one read model and writes it, inside the batch's
+"""How the projector folds one batch into one read model, then writes it inside the batch's
 transaction (services/projector.py): load the rows of the customers it has not cached, fold each
-customer's new events (filling gaps from the event store), write the rows that moved on, then the
-view's own tables (`RowTable`) from the states of the customers whose row was written.
+customer's new events (filling gaps from the event store); then write the rows that moved on,
+and the view's own tables (`RowTable`) from the states of the customers whose row was written.
+The fold of a batch may run while the batch before it is being written: it starts from that
+batch's states (staged in the cache), and it gives the event loop a turn every few milliseconds
+so that the write goes on meanwhile.
 
 A dense view (`types` None) folds every event. A sparse view folds only the event types it names:
 customers without such an event in the batch cost it nothing, and its gaps are filled with those
@@ -10,7 +13,10 @@ types only, in one query for the whole batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -39,23 +45,42 @@ class Folded(NamedTuple):
 
 
 NEW = Folded(0, 0, None)
+TURN_EVERY_S = 0.002
 
 
 class ViewCache:
-    """The folded views of the customers seen last, at most `size` of them (least recent out)."""
+    """The folded views of the customers seen last, at most `size` of them (least recent out),
+    and those of the batches folded but not committed yet (staged, newest first), whatever
+    the size: the next batch folds on from them while they are written."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: dict[str, Folded] = {}
+        self._staged: deque[dict[str, Folded]] = deque()
 
     def __contains__(self, customer_id: str) -> bool:
-        return customer_id in self._entries
+        return customer_id in self._entries or any(customer_id in s for s in self._staged)
 
     def get(self, customer_id: str) -> Folded | None:
+        for staged in reversed(self._staged):
+            if customer_id in staged:
+                return staged[customer_id]
         entry = self._entries.pop(customer_id, None)
         if entry is not None:
             self._entries[customer_id] = entry  # now the most recent
         return entry
+
+    def stage(self, entries: dict[str, Folded]) -> None:
+        """Hold a batch's folded views until it is committed or discarded."""
+        self._staged.append(entries)
+
+    def commit(self) -> None:
+        """The oldest staged batch is committed: keep its views."""
+        self.update(self._staged.popleft())
+
+    def discard(self) -> None:
+        """A staged batch failed: drop it and the ones folded on from it."""
+        self._staged.clear()
 
     def update(self, entries: dict[str, Folded]) -> None:
         for customer_id, entry in entries.items():
@@ -65,7 +90,28 @@ class ViewCache:
             del self._entries[next(iter(self._entries))]
 
 
-async def apply_view(
+class Turns:
+    """Gives the event loop a turn once every `every_s` of a long fold."""
+
+    def __init__(self, every_s: float = TURN_EVERY_S) -> None:
+        self.every_s = every_s
+        self._due = time.perf_counter() + every_s
+
+    async def take(self) -> None:
+        if time.perf_counter() >= self._due:
+            await asyncio.sleep(0)
+            self._due = time.perf_counter() + self.every_s
+
+
+class ViewFold(NamedTuple):
+    """A batch folded into one view: the customers' new states, and where each began."""
+
+    view: CustomerView[Any]
+    folded: dict[str, Folded]
+    begun: dict[str, Folded]
+
+
+async def fold_view(
     conn: AsyncConnection[Any],
     view: CustomerView[Any],
     cache: ViewCache,
@@ -74,9 +120,9 @@ async def apply_view(
     alerts: list[Alert],
     ended: list[str],
     filled: list[RecordedEvent],
-) -> tuple[dict[str, Folded], list[Change]]:
-    """Fold each customer's events into a dense view and write the changed rows; returns them,
-    and the changes of the customers whose row was written if the view has tables.
+    turns: Turns,
+) -> ViewFold:
+    """Fold each customer's events into a dense view (`begun` only if it has tables).
 
     The alerts the changes raise are appended to `alerts`, the ids of those they end to `ended`,
     the events read from the event store to fill gaps to `filled`."""
@@ -84,6 +130,7 @@ async def apply_view(
     folded: dict[str, Folded] = {}
     begun: dict[str, Any] = {}
     for customer_id, customer_events in by_customer.items():
+        await turns.take()
         start = cache.get(customer_id) or stored.get(customer_id) or NEW
         version, position, state = start
         for event in sorted(customer_events, key=lambda e: e.version):
@@ -104,10 +151,10 @@ async def apply_view(
             folded[customer_id] = Folded(version, position, state)
             if view.tables:
                 begun[customer_id] = start
-    return folded, await _write(conn, view, folded, begun)
+    return ViewFold(view, folded, begun)
 
 
-async def apply_sparse_view(
+async def fold_sparse_view(
     conn: AsyncConnection[Any],
     view: CustomerView[Any],
     cache: ViewCache,
@@ -116,8 +163,9 @@ async def apply_sparse_view(
     alerts: list[Alert],
     ended: list[str],
     filled: list[RecordedEvent],
-) -> tuple[dict[str, Folded], list[Change]]:
-    """`apply_view` for a sparse view: only the customers with an event of its types, only
+    turns: Turns,
+) -> ViewFold:
+    """`fold_view` for a sparse view: only the customers with an event of its types, only
     those events, the gaps of the whole batch filled in one query (`filled` is left alone: the
     dense views fill the same gaps with every event)."""
     types = view.types or frozenset()
@@ -127,7 +175,7 @@ async def apply_sparse_view(
         if mine:
             own[customer_id] = mine
     if not own:
-        return {}, []
+        return ViewFold(view, {}, {})
     stored = await _load(conn, view, [c for c in own if c not in cache])
     starts = {c: cache.get(c) or stored.get(c) or NEW for c in own}
     holes = {}
@@ -139,6 +187,7 @@ async def apply_sparse_view(
     folded: dict[str, Folded] = {}
     begun: dict[str, Any] = {}
     for customer_id, mine in own.items():
+        await turns.take()
         start = starts[customer_id]
         version, position, state = start
         steps = {e.version: e for e in gaps.get(customer_id, ())} | {e.version: e for e in mine}
@@ -155,7 +204,7 @@ async def apply_sparse_view(
         if version > start.version:
             folded[customer_id] = Folded(version, position, state)
             begun[customer_id] = start
-    return folded, await _write(conn, view, folded, begun)
+    return ViewFold(view, folded, begun)
 
 
 def _covered(events: list[RecordedEvent], after: int, top: int) -> bool:
@@ -163,14 +212,10 @@ def _covered(events: list[RecordedEvent], after: int, top: int) -> bool:
     return len({e.version for e in events if after < e.version < top}) == top - after - 1
 
 
-async def _write(
-    conn: AsyncConnection[Any],
-    view: CustomerView[Any],
-    folded: dict[str, Folded],
-    begun: dict[str, Any],
-) -> list[Change]:
+async def write_view(conn: AsyncConnection[Any], fold: ViewFold) -> list[Change]:
     """Write the view's rows; then, for a view with tables, their rows for the customers whose
     row was written (not kept by a higher version). Returns those customers' changes."""
+    view, folded, begun = fold
     if not folded:
         return []
     if any(table.additive for table in view.tables):
