@@ -4,14 +4,14 @@ way faust does otherwise (services/faust_consumer.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
 
-from services.faust_consumer import PromptConsumer, Suspended, run_until_suspended
+from services.faust_consumer import PromptConsumer, Suspended, each_batch, run_until_suspended
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -169,3 +169,96 @@ def test_a_message_that_waits_is_delivered_once_it_can_be(tmp_path: Path) -> Non
         return results
 
     assert run(main()) == ["delivered"]
+
+
+# --- each_batch: fold the next batch while the last one is written ------------------------------
+
+Fold = Callable[[list[faust.EventT]], Awaitable[list[faust.EventT]]]
+Write = Callable[[list[faust.EventT]], Awaitable[None]]
+
+
+def batches_through_an_agent(
+    tmp_path: Path, fold: Fold, write: Write, messages: int
+) -> tuple[list[faust.EventT], BaseException | None]:
+    """Put `messages` values (0, 1, ...) through an agent running `each_batch` with faust's own
+    test context (no broker); each arrives alone, so each is a batch. Returns the events and the
+    error the agent ended with."""
+    app = faust.App("test-batches", broker="kafka://127.0.0.1:1", web_enabled=False,
+                    datadir=str(tmp_path))  # fmt: skip
+
+    ended: list[BaseException] = []
+
+    @app.agent()
+    async def take(stream: faust.StreamT[int]) -> None:
+        try:
+            await each_batch(stream, 1000, fold, write)
+        except Exception as error:
+            ended.append(error)
+
+    async def main() -> list[faust.EventT]:
+        async with take.test_context() as agent:
+            events = [await agent.put(value) for value in range(messages)]
+            await asyncio.sleep(0.2)  # the last write
+        return events
+
+    events = run(asyncio.wait_for(main(), timeout=20))  # a put waits for a crashed agent forever
+    return events, ended[0] if ended else None
+
+
+def values(batch: list[faust.EventT]) -> list[int]:
+    return [event.value for event in batch]
+
+
+def test_the_next_batch_is_folded_while_the_last_one_is_written_and_writes_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    steps: list[tuple[str, list[int], list[bool]]] = []
+    second_folded = asyncio.Event()
+
+    async def fold(batch: list[faust.EventT]) -> list[faust.EventT]:
+        steps.append(("fold", values(batch), [e.message.acked for e in batch]))
+        if values(batch) == [1]:
+            second_folded.set()
+        return batch
+
+    async def write(batch: list[faust.EventT]) -> None:
+        if values(batch) == [0]:  # only returns once the next batch was folded meanwhile
+            await asyncio.wait_for(second_folded.wait(), timeout=5)
+        await asyncio.sleep(0.01)
+        steps.append(("written", values(batch), [e.message.acked for e in batch]))
+
+    events, error = batches_through_an_agent(tmp_path, fold, write, 4)
+
+    assert error is None
+    assert steps == [
+        ("fold", [0], [False]),
+        ("fold", [1], [False]),  # while 0 is written
+        ("written", [0], [False]),  # acked only once written
+        ("fold", [2], [False]),
+        ("written", [1], [False]),
+        ("fold", [3], [False]),
+        ("written", [2], [False]),
+        ("written", [3], [False]),
+    ]
+    assert [e.message.acked for e in events] == [True] * 4
+
+
+def test_a_failed_write_ends_the_loop_and_the_batch_folded_meanwhile_is_never_written(
+    tmp_path: Path,
+) -> None:
+    written: list[int] = []
+
+    async def fold(batch: list[faust.EventT]) -> list[faust.EventT]:
+        return batch
+
+    async def write(batch: list[faust.EventT]) -> None:
+        await asyncio.sleep(0.01)
+        if values(batch) == [2]:
+            raise RuntimeError("the write failed")
+        written.extend(values(batch))
+
+    events, error = batches_through_an_agent(tmp_path, fold, write, 4)
+
+    assert isinstance(error, RuntimeError) and str(error) == "the write failed"
+    assert written == [0, 1]
+    assert [e.message.acked for e in events] == [True, True, False, False]
