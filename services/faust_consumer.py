@@ -104,7 +104,9 @@ async def each_batch(
     each batch, then `write` it in a task of its own, so that the next batch is taken and folded
     while it is written. Writes run one at a time, in order, and the next one starts only once
     the one before succeeded; a batch is acked (faust may commit it) only once written. A failed
-    write ends the loop with its error, and the batch folded meanwhile is dropped."""
+    write ends the loop with its error, and the batch folded meanwhile is dropped. A write in
+    flight when the loop ends (the agent stopped or cancelled) is finished, not cancelled: a
+    cancelled transaction would leave the batch unapplied until a gap fill or a restart."""
     manual = stream.noack()
 
     async def write_and_ack(folded: T, events: list[faust.EventT]) -> None:
@@ -121,10 +123,11 @@ async def each_batch(
                 continue  # more has arrived already: take it into this batch
             folded = await fold(batch)
             if writing is not None:
-                previous, writing = writing, None
-                await previous
+                await asyncio.wait([writing])  # unlike `await`, a cancelled agent leaves it be
+                written, writing = writing, None
+                written.result()  # its error, if it failed
             writing = asyncio.create_task(write_and_ack(folded, batch))
             batch = []
     finally:
-        if writing is not None:
+        if writing is not None:  # the agent stops or failed: the write in flight finishes first
             await writing

@@ -178,11 +178,11 @@ Write = Callable[[list[faust.EventT]], Awaitable[None]]
 
 
 def batches_through_an_agent(
-    tmp_path: Path, fold: Fold, write: Write, messages: int
+    tmp_path: Path, fold: Fold, write: Write, messages: int, linger: float = 0.2
 ) -> tuple[list[faust.EventT], BaseException | None]:
     """Put `messages` values (0, 1, ...) through an agent running `each_batch` with faust's own
-    test context (no broker); each arrives alone, so each is a batch. Returns the events and the
-    error the agent ended with."""
+    test context (no broker), then stop it after `linger` seconds; each value arrives alone, so
+    each is a batch. Returns the events and the error the agent ended with."""
     app = faust.App("test-batches", broker="kafka://127.0.0.1:1", web_enabled=False,
                     datadir=str(tmp_path))  # fmt: skip
 
@@ -198,7 +198,7 @@ def batches_through_an_agent(
     async def main() -> list[faust.EventT]:
         async with take.test_context() as agent:
             events = [await agent.put(value) for value in range(messages)]
-            await asyncio.sleep(0.2)  # the last write
+            await asyncio.sleep(linger)
         return events
 
     events = run(asyncio.wait_for(main(), timeout=20))  # a put waits for a crashed agent forever
@@ -262,3 +262,22 @@ def test_a_failed_write_ends_the_loop_and_the_batch_folded_meanwhile_is_never_wr
     assert isinstance(error, RuntimeError) and str(error) == "the write failed"
     assert written == [0, 1]
     assert [e.message.acked for e in events] == [True, True, False, False]
+
+
+def test_a_write_in_flight_when_the_agent_stops_is_finished_and_acked_not_cancelled(
+    tmp_path: Path,
+) -> None:
+    written: list[int] = []
+
+    async def fold(batch: list[faust.EventT]) -> list[faust.EventT]:
+        return batch
+
+    async def write(batch: list[faust.EventT]) -> None:
+        await asyncio.sleep(0.5 if values(batch) == [0] else 0)  # the agent stops meanwhile
+        written.extend(values(batch))
+
+    events, error = batches_through_an_agent(tmp_path, fold, write, 2, linger=0.1)
+
+    assert error is None
+    assert written == [0]  # 1 was folded while 0 was written, and dropped with the stop
+    assert [e.message.acked for e in events] == [True, False]
