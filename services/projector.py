@@ -1,11 +1,13 @@
 """Projector: a faust-streaming app that folds crm.events into the read models in PostgreSQL.
 
-Batches of up to 1,000 events are applied in one transaction per batch. Each read-model row holds
-the customer version and global position it has applied; an event at or below it is skipped
-(redelivery, a relay republishing after a broker restart), and a gap (an event the broker lost)
-is filled from the event store in the same transaction, so a view is always the fold of the
-customer's events 1..n. faust's own offset commits are only a hint; `concurrency=1`. The views
-of recently seen customers are kept in memory, so a batch reads only unseen customers' rows.
+Batches of up to 1,000 events are folded, then written in one transaction per batch; the next
+batch is folded while the last one is written (`Projector.fold`, `Projector.write`). Each
+read-model row holds the customer version and global position it has applied; an event at or
+below it is skipped (redelivery, a relay republishing after a broker restart), and a gap (an
+event the broker lost) is filled from the event store (append-only) as the batch is folded, so
+a view is always the fold of the customer's events 1..n. faust's own offset commits are only a
+hint; `concurrency=1`. The views of recently seen customers are kept in memory, so a batch reads
+only unseen customers' rows.
 
 The complaint and follow-up views are sparse (they fold only their own event types), and keep a
 row per case and per follow-up for queries across customers; the touchpoint index keeps a row
