@@ -209,6 +209,11 @@ def values(batch: list[faust.EventT]) -> list[int]:
     return [event.value for event in batch]
 
 
+async def as_is(batch: list[faust.EventT]) -> list[faust.EventT]:
+    """A fold with nothing to do."""
+    return batch
+
+
 def test_the_next_batch_is_folded_while_the_last_one_is_written_and_writes_keep_their_order(
     tmp_path: Path,
 ) -> None:
@@ -248,16 +253,13 @@ def test_a_failed_write_ends_the_loop_and_the_batch_folded_meanwhile_is_never_wr
 ) -> None:
     written: list[int] = []
 
-    async def fold(batch: list[faust.EventT]) -> list[faust.EventT]:
-        return batch
-
     async def write(batch: list[faust.EventT]) -> None:
         await asyncio.sleep(0.01)
         if values(batch) == [2]:
             raise RuntimeError("the write failed")
         written.extend(values(batch))
 
-    events, error = batches_through_an_agent(tmp_path, fold, write, 4)
+    events, error = batches_through_an_agent(tmp_path, as_is, write, 4)
 
     assert isinstance(error, RuntimeError) and str(error) == "the write failed"
     assert written == [0, 1]
@@ -269,14 +271,11 @@ def test_a_write_in_flight_when_the_agent_stops_is_finished_and_acked_not_cancel
 ) -> None:
     written: list[int] = []
 
-    async def fold(batch: list[faust.EventT]) -> list[faust.EventT]:
-        return batch
-
     async def write(batch: list[faust.EventT]) -> None:
         await asyncio.sleep(0.5 if values(batch) == [0] else 0)  # the agent stops meanwhile
         written.extend(values(batch))
 
-    events, error = batches_through_an_agent(tmp_path, fold, write, 2, linger=0.1)
+    events, error = batches_through_an_agent(tmp_path, as_is, write, 2, linger=0.1)
 
     assert error is None
     assert written == [0]  # 1 was folded while 0 was written, and dropped with the stop
